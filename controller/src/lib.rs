@@ -1,0 +1,1 @@
+//! Kubernetes API side of canary-proxy.
