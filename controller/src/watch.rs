@@ -1,0 +1,258 @@
+//! Following one ConfigMap through the API: kube's watcher, turned into source events.
+//!
+//! kube's [`watcher`] resumes a broken watch from its last resourceVersion and reports
+//! nothing when that succeeds, so a caller could not tell "reconnected" from "still down".
+//! This module therefore drops the watcher on any error and, after a jittered backoff
+//! ([`DefaultBackoff`]: 0.8 s doubling to 30 s, like client-go), starts a fresh one. A fresh
+//! watcher lists before it watches, so every recovery (server back, 410 Gone, in-stream error)
+//! is confirmed by a list of our one object: cheap, and it also catches a deletion that
+//! happened while we were away.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::{self, DefaultBackoff, watcher};
+use kube::{Api, Client};
+
+use crate::{ANNOTATION_PREFIX, ConfigMapRef};
+
+/// Server-side timeout of each watch request. It bounds how long a silently dead connection
+/// (no FIN, no RST) goes unnoticed: the watcher gives up on a silent stream 5 s after this.
+const WATCH_TIMEOUT_SECS: u32 = 60;
+
+/// What happened to the watched ConfigMap, as the proxy's config source needs to hear it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// The ConfigMap exists with this content, different from the last `Applied` (identical
+    /// content is not repeated, whatever its resourceVersion).
+    Applied {
+        /// The ConfigMap's `data`: the configuration keys, still to be validated.
+        data: BTreeMap<String, String>,
+        /// Its annotations under the `canary-proxy/` prefix (a persisted rollback).
+        annotations: BTreeMap<String, String>,
+        /// The resourceVersion of this content: the config revision, and the precondition for
+        /// a rollback write-back.
+        resource_version: String,
+    },
+    /// The ConfigMap does not exist (yet); nothing was ever applied. Sent once.
+    Missing,
+    /// The ConfigMap was applied before and is gone now; keep serving the last good config.
+    Deleted,
+    /// The API server cannot be reached or keeps failing; retrying with backoff. Sent once per
+    /// outage, with the first error.
+    Disconnected {
+        /// The first error of this outage.
+        error: String,
+    },
+    /// The API server answers again after a `Disconnected`; the ConfigMap was re-listed and any
+    /// change is sent right after this event.
+    Reconnected,
+}
+
+/// Watches one ConfigMap for as long as the stream is polled; it never ends by itself.
+///
+/// The first event is `Applied`, `Missing` or `Disconnected`. Errors never end the stream: they
+/// become one `Disconnected`, then one `Reconnected` when the API server answers again.
+pub fn watch(client: Client, cm: ConfigMapRef) -> impl Stream<Item = SourceEvent> + Send + 'static {
+    futures_util::stream::unfold(ConfigMapWatch::new(client, cm), |mut w| async move {
+        let event = w.next_event().await;
+        Some((event, w))
+    })
+}
+
+/// Whether the API server is answering, as far as the watch knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// No list has succeeded yet and no error has been seen.
+    Connecting,
+    /// The last list succeeded and the watch is running.
+    Up,
+    /// An error was reported; waiting for a list to succeed.
+    Down,
+}
+
+/// What the proxy has been told about the object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Presence {
+    /// Nothing yet.
+    Unknown,
+    /// `Missing` was sent.
+    Missing,
+    /// `Applied` was sent with this data and these annotations.
+    Present(BTreeMap<String, String>, BTreeMap<String, String>),
+    /// `Deleted` was sent.
+    Deleted,
+}
+
+/// The state behind [`watch`].
+struct ConfigMapWatch {
+    /// The ConfigMaps of the namespace; the watcher narrows it to our name.
+    api: Api<ConfigMap>,
+    /// The followed ConfigMap, for the logs and the name check.
+    cm: ConfigMapRef,
+    /// kube's watcher; `None` after an error, so the next poll starts a fresh list-then-watch.
+    stream: Option<BoxStream<'static, Result<watcher::Event<ConfigMap>, watcher::Error>>>,
+    /// Delays between attempts while the API server fails; reset once it answers.
+    backoff: DefaultBackoff,
+    /// Set after an error: wait this long before the next attempt.
+    pause: Option<Duration>,
+    /// Whether the API server answers.
+    link: Link,
+    /// What was last reported about the object, to send only changes.
+    presence: Presence,
+    /// The object seen during the current initial list (between `Init` and `InitDone`).
+    listed: Option<ConfigMap>,
+    /// Events decided but not yet handed out (a reconnection can yield two at once).
+    pending: VecDeque<SourceEvent>,
+}
+
+impl ConfigMapWatch {
+    fn new(client: Client, cm: ConfigMapRef) -> Self {
+        Self {
+            api: Api::namespaced(client, &cm.namespace),
+            cm,
+            stream: None,
+            backoff: DefaultBackoff::default(),
+            pause: None,
+            link: Link::Connecting,
+            presence: Presence::Unknown,
+            listed: None,
+            pending: VecDeque::new(),
+        }
+    }
+
+    async fn next_event(&mut self) -> SourceEvent {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            if let Some(pause) = self.pause.take() {
+                tokio::time::sleep(pause).await;
+            }
+            let stream = self.stream.get_or_insert_with(|| {
+                let config = watcher::Config::default()
+                    .fields(&format!("metadata.name={}", self.cm.name))
+                    .timeout(WATCH_TIMEOUT_SECS);
+                watcher(self.api.clone(), config).boxed()
+            });
+            match stream.next().await {
+                Some(Ok(event)) => self.on_event(event),
+                Some(Err(error)) => self.on_error(&error),
+                // The watcher never ends; if it did, starting over is the right answer.
+                None => self.stream = None,
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: watcher::Event<ConfigMap>) {
+        match event {
+            watcher::Event::Init => self.listed = None,
+            watcher::Event::InitApply(obj) => {
+                if self.is_ours(&obj) {
+                    self.listed = Some(obj);
+                }
+            }
+            watcher::Event::InitDone => {
+                self.mark_up();
+                match self.listed.take() {
+                    Some(obj) => self.present(obj),
+                    None => self.absent(),
+                }
+            }
+            watcher::Event::Apply(obj) => {
+                if self.is_ours(&obj) {
+                    self.present(obj);
+                }
+            }
+            watcher::Event::Delete(obj) => {
+                if self.is_ours(&obj) {
+                    self.absent();
+                }
+            }
+        }
+    }
+
+    fn on_error(&mut self, error: &watcher::Error) {
+        self.stream = None;
+        self.pause = Some(self.backoff.next().unwrap_or(Duration::from_secs(30)));
+        if self.link == Link::Down {
+            tracing::debug!(configmap = %self.cm, %error, "Kubernetes API still failing; retrying");
+            return;
+        }
+        self.link = Link::Down;
+        tracing::warn!(
+            configmap = %self.cm,
+            %error,
+            "Kubernetes API watch failed; keeping the last good config and retrying with backoff"
+        );
+        self.pending.push_back(SourceEvent::Disconnected {
+            error: error.to_string(),
+        });
+    }
+
+    fn mark_up(&mut self) {
+        if self.link == Link::Down {
+            tracing::info!(configmap = %self.cm, "Kubernetes API reachable again; watch resumed");
+            self.pending.push_back(SourceEvent::Reconnected);
+        }
+        self.link = Link::Up;
+        self.backoff.reset();
+    }
+
+    /// A field selector is honoured by real API servers, but a stray object must still never be
+    /// taken for ours.
+    fn is_ours(&self, obj: &ConfigMap) -> bool {
+        obj.metadata.name.as_deref() == Some(self.cm.name.as_str())
+    }
+
+    fn present(&mut self, obj: ConfigMap) {
+        let data = obj.data.unwrap_or_default();
+        let annotations: BTreeMap<String, String> = obj
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(key, _)| key.starts_with(ANNOTATION_PREFIX))
+            .collect();
+        if let Presence::Present(old_data, old_annotations) = &self.presence
+            && *old_data == data
+            && *old_annotations == annotations
+        {
+            return;
+        }
+        if matches!(self.presence, Presence::Missing | Presence::Deleted) {
+            tracing::info!(configmap = %self.cm, "ConfigMap found");
+        }
+        let resource_version = obj.metadata.resource_version.unwrap_or_default();
+        tracing::debug!(configmap = %self.cm, %resource_version, "ConfigMap content changed");
+        self.presence = Presence::Present(data.clone(), annotations.clone());
+        self.pending.push_back(SourceEvent::Applied {
+            data,
+            annotations,
+            resource_version,
+        });
+    }
+
+    fn absent(&mut self) {
+        match self.presence {
+            Presence::Unknown => {
+                tracing::warn!(configmap = %self.cm, "ConfigMap does not exist yet; waiting for it");
+                self.presence = Presence::Missing;
+                self.pending.push_back(SourceEvent::Missing);
+            }
+            Presence::Present(..) => {
+                tracing::warn!(
+                    configmap = %self.cm,
+                    "ConfigMap was deleted; keeping the last good config until it is back"
+                );
+                self.presence = Presence::Deleted;
+                self.pending.push_back(SourceEvent::Deleted);
+            }
+            Presence::Missing | Presence::Deleted => {}
+        }
+    }
+}
