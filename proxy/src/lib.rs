@@ -1,1 +1,35 @@
-//! canary-proxy
+//! canary-proxy: a reverse proxy that splits traffic between a `blue` and a `green` upstream
+//! with NGINX canary semantics, and rolls the canary back in the data path.
+//!
+//! The modules, in the order a request meets them:
+//!
+//! - [`listener`]: accepts connections and serves HTTP/1.1 and HTTP/2 on them, with limits.
+//! - [`proxy`]: one request's path through the phases below.
+//! - [`route`]: route choice, from the [`RouteTable`](route::RouteTable) snapshot.
+//! - [`headers`]: hop-by-hop removal, `X-Forwarded-*` and `Via`.
+//! - [`upstream`]: pooled HTTP/1.1 connections to each color.
+//! - [`body`]: the response body streamed back, returning its connection to the pool.
+//! - [`accounting`]: counts each outcome per color and asks for a rollback decision.
+//! - [`rollback`]: the sliding windows and the pure rule that decides.
+//!
+//! Around them:
+//!
+//! - [`config`]: the keys parsed and validated into an immutable snapshot; file sources.
+//! - [`runtime`]: the shared state; the one `ArcSwap` the request path reads.
+//! - [`metrics`]: Prometheus handles resolved once.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status` and the `/` page.
+
+#![warn(missing_docs)]
+
+pub mod accounting;
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod headers;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod rollback;
+pub mod route;
+pub mod runtime;
+pub mod upstream;

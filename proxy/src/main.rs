@@ -1,1 +1,172 @@
-fn main() {}
+//! The `canary-proxy` binary: command line, logging, and the wiring of the listeners, the
+//! config source and shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use canary_proxy::admin;
+use canary_proxy::config::{parse_duration, watch as config_watch};
+use canary_proxy::listener::{self, Limits};
+use canary_proxy::metrics::Metrics;
+use canary_proxy::runtime::Runtime;
+
+/// A blue/green traffic-splitting reverse proxy with rollback in the data path.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file or directory, watched for changes.
+    #[arg(
+        long,
+        env = "CANARY_PROXY_CONFIG",
+        required_unless_present = "configmap",
+        conflicts_with = "configmap"
+    )]
+    config: Option<PathBuf>,
+    /// Kubernetes ConfigMap to watch, as NAMESPACE/NAME.
+    #[arg(long, env = "CANARY_PROXY_CONFIGMAP")]
+    configmap: Option<String>,
+    /// Address of the data listener.
+    #[arg(long, env = "CANARY_PROXY_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Address of the admin listener (metrics, probes, status).
+    #[arg(
+        long,
+        env = "CANARY_PROXY_ADMIN_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    admin_listen: SocketAddr,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "CANARY_PROXY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Log format.
+    #[arg(long, env = "CANARY_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Worker threads; 1 runs everything on one thread. Default: one per core.
+    #[arg(long, env = "CANARY_PROXY_WORKERS")]
+    workers: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let result = tokio_runtime(args.workers)
+        .context("cannot start the async runtime")
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn tokio_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers =
+        workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let Some(path) = args.config.clone() else {
+        bail!("--configmap needs the Kubernetes controller, which this build does not include");
+    };
+    let runtime = Runtime::new(metrics, format!("file:{}", path.display()));
+    config_watch::load(&runtime, &path)
+        .with_context(|| format!("no usable configuration at {}", path.display()))?;
+
+    let data = bind(args.listen, "data").await?;
+    let admin_listener = bind(args.admin_listen, "admin").await?;
+
+    // true once shutdown has begun; every task holds a receiver.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        runtime.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let watch_task = tokio::spawn(config_watch::follow(
+        runtime.clone(),
+        path,
+        stopped(stop_rx.clone()),
+    ));
+
+    let shutdown = {
+        let runtime = runtime.clone();
+        async move {
+            wait_for_signal().await;
+            info!("shutdown signal received: readiness off, draining");
+            runtime.start_draining();
+        }
+    };
+    listener::serve(
+        data,
+        runtime.clone(),
+        Limits::default(),
+        shutdown,
+        args.drain_timeout,
+    )
+    .await;
+
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(admin_task, watch_task);
+    info!("stopped");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, name: &'static str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({name})"))?;
+    let addr = listener.local_addr()?;
+    info!(listener = name, %addr, "listening");
+    Ok(listener)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

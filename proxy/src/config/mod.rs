@@ -1,0 +1,223 @@
+//! The configuration: the ConfigMap's `data` keys parsed and validated into one immutable
+//! [`Config`]. Everything is checked here, once, so the request path never meets a bad value.
+//!
+//! - [`source`] reads the keys from a file, a ConfigMap manifest or a kubelet-mounted directory.
+//! - [`watch`] polls that source and hands each new, valid config to the runtime.
+
+pub mod source;
+pub mod watch;
+
+mod parse;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use http::HeaderName;
+use http::uri::Authority;
+use regex::Regex;
+
+pub use parse::{ConfigError, KEYS, duration as parse_duration};
+
+/// One of the two upstream colors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Color {
+    /// The `blue` upstream.
+    Blue,
+    /// The `green` upstream.
+    Green,
+}
+
+impl Color {
+    /// Both colors, in index order.
+    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
+
+    /// The color's index into per-color arrays.
+    pub const fn index(self) -> usize {
+        match self {
+            Color::Blue => 0,
+            Color::Green => 1,
+        }
+    }
+
+    /// The other color.
+    pub const fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+
+    /// The color's name as used in config values, labels and headers.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+}
+
+impl fmt::Display for Color {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated configuration snapshot. Immutable once built.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Upstream address per color, indexed by [`Color::index`].
+    pub upstreams: [UpstreamAddr; 2],
+    /// The color that takes the traffic the canary does not.
+    pub stable: Color,
+    /// Canary share, out of `weight_total` (NGINX `canary-weight`).
+    pub weight: u32,
+    /// Denominator of the weight (NGINX `canary-weight-total`).
+    pub weight_total: u32,
+    /// `canary-by-header` and its value or pattern.
+    pub by_header: Option<HeaderRule>,
+    /// `canary-by-cookie`: the cookie name.
+    pub by_cookie: Option<String>,
+    /// `sticky`: which request value keeps one user on one color.
+    pub sticky: Option<Sticky>,
+    /// When and how the canary is rolled back.
+    pub rollback: RollbackPolicy,
+    /// Re-send to stable a request that could not connect to the canary.
+    pub retry_canary_connect_failure: bool,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// If set, every response names the color that served it in this header.
+    pub response_color_header: Option<HeaderName>,
+}
+
+impl Config {
+    /// Parses and validates the ConfigMap `data` keys.
+    pub fn from_map(data: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        parse::parse(data)
+    }
+
+    /// The canary: the color that is not stable.
+    pub fn canary(&self) -> Color {
+        self.stable.other()
+    }
+
+    /// The upstream address of `color`.
+    pub fn upstream(&self, color: Color) -> &UpstreamAddr {
+        &self.upstreams[color.index()]
+    }
+
+    /// Whether any request can reach the canary under this config.
+    pub fn canary_reachable(&self) -> bool {
+        self.weight > 0 || self.by_header.is_some() || self.by_cookie.is_some()
+    }
+}
+
+/// An upstream's address: `host:port`, spoken to in plain HTTP/1.1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    /// `host:port`, as connected to and as written in logs.
+    pub authority: Authority,
+}
+
+impl UpstreamAddr {
+    /// The host part (a DNS name or an IP literal, IPv6 without brackets).
+    pub fn host(&self) -> &str {
+        let host = self.authority.host();
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+
+    /// The port; always present after validation.
+    pub fn port(&self) -> u16 {
+        self.authority.port_u16().unwrap_or(80)
+    }
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.authority.as_str())
+    }
+}
+
+/// `canary-by-header` with its optional exact value or pattern (NGINX semantics: with neither,
+/// `always` and `never` decide; with a value, only that value sends to the canary; the value
+/// wins over the pattern).
+#[derive(Clone, Debug)]
+pub struct HeaderRule {
+    /// The header to look at.
+    pub name: HeaderName,
+    /// `canary-by-header-value`.
+    pub value: Option<String>,
+    /// `canary-by-header-pattern`, matched anywhere in the value like NGINX's `ngx.re.match`.
+    pub pattern: Option<Regex>,
+}
+
+/// Where the sticky key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sticky {
+    /// The value of this cookie.
+    Cookie(String),
+    /// The value of this header.
+    Header(HeaderName),
+}
+
+/// The rollback rule's parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RollbackPolicy {
+    /// `rollback.enabled`.
+    pub enabled: bool,
+    /// `rollback.max-error-rate` as a fraction (5 % is 0.05).
+    pub max_error_rate: f64,
+    /// `rollback.min-requests`.
+    pub min_requests: u64,
+    /// `rollback.window`.
+    pub window: Duration,
+    /// `rollback.failure-statuses`.
+    pub failure_statuses: StatusSet,
+}
+
+/// A set of HTTP status codes, as a bitmap over 100..=599.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct StatusSet([u64; 8]);
+
+impl StatusSet {
+    /// The empty set.
+    pub const fn empty() -> StatusSet {
+        StatusSet([0; 8])
+    }
+
+    /// Adds one code; codes outside 100..=599 are ignored (validation rejects them first).
+    pub fn insert(&mut self, code: u16) {
+        if (100..600).contains(&code) {
+            let i = usize::from(code - 100);
+            self.0[i / 64] |= 1 << (i % 64);
+        }
+    }
+
+    /// Whether `code` is in the set.
+    pub fn contains(&self, code: u16) -> bool {
+        if !(100..600).contains(&code) {
+            return false;
+        }
+        let i = usize::from(code - 100);
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+}
+
+impl fmt::Debug for StatusSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set()
+            .entries((100..600).filter(|&c| self.contains(c)))
+            .finish()
+    }
+}
+
+/// Upstream timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `timeout.connect`: TCP connect to an upstream.
+    pub connect: Duration,
+    /// `timeout.request`: from sending the request to the upstream's response headers.
+    pub request: Duration,
+}

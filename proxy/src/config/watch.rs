@@ -1,0 +1,64 @@
+//! Follows `--config PATH`: polls it and applies each new content once it has read the same
+//! twice in a row, so a half-written file is never applied.
+//!
+//! Polling rather than inotify: kubelet updates a mounted ConfigMap by swapping the `..data`
+//! symlink, editors replace files by rename, and a watched inode can vanish in either case.
+//! Reading a few small files five times a second is cheap, has no watch to lose, and bounds
+//! the delay of a change to two polls.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use super::{ConfigError, source};
+use crate::runtime::Runtime;
+
+/// Time between two reads of the config path.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+type Read = Result<BTreeMap<String, String>, ConfigError>;
+
+/// Reads `path` and applies it; the error is the reason it could not be used.
+pub fn load(runtime: &Runtime, path: &std::path::Path) -> Result<(), ConfigError> {
+    let data = source::read(path)?;
+    runtime.apply(&data, &source::revision(&data))
+}
+
+/// Polls `path` until `shutdown` resolves, applying or rejecting each settled change.
+pub async fn follow(runtime: Arc<Runtime>, path: PathBuf, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    // The content last acted on (applied or rejected), and a change seen once, not yet twice.
+    let mut settled: Read = source::read(&path);
+    let mut candidate: Option<Read> = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(POLL_INTERVAL) => {}
+            () = &mut shutdown => return,
+        }
+        let read = source::read(&path);
+        if read == settled {
+            candidate = None;
+            continue;
+        }
+        if candidate.as_ref() != Some(&read) {
+            candidate = Some(read);
+            continue;
+        }
+        candidate = None;
+        match &read {
+            Ok(data) => {
+                // A rejection is logged and counted by the runtime.
+                let _ = runtime.apply(data, &source::revision(data));
+            }
+            Err(e) => {
+                runtime.reject(e, "unreadable");
+                warn!(path = %path.display(), "keeping the last good config");
+            }
+        }
+        settled = read;
+    }
+}

@@ -1,0 +1,236 @@
+//! Header rewriting at the proxy boundary: hop-by-hop headers removed both ways (RFC 9110
+//! §7.6.1), `X-Forwarded-*` and `Via` added, the request put in origin form for HTTP/1.1.
+
+use std::net::IpAddr;
+
+use http::header::{
+    CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
+};
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderMap, Version, request, response};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// How the client reached the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// Cleartext.
+    Http,
+    /// TLS.
+    Https,
+}
+
+impl Scheme {
+    fn value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        })
+    }
+}
+
+/// Rewrites a client request's head for the upstream.
+pub fn to_upstream(head: &mut request::Parts, client: IpAddr, scheme: Scheme) {
+    let via = via_value(head.version);
+    strip_hop_by_hop(&mut head.headers);
+
+    let host = match head.headers.get(HOST) {
+        Some(host) => host.clone(),
+        // HTTP/2 carries the host in :authority.
+        None => match head
+            .uri
+            .authority()
+            .map(|a| HeaderValue::from_str(a.as_str()))
+        {
+            Some(Ok(host)) => {
+                head.headers.insert(HOST, host.clone());
+                host
+            }
+            _ => HeaderValue::from_static(""),
+        },
+    };
+    if !host.is_empty() {
+        head.headers.insert(&X_FORWARDED_HOST, host);
+    }
+    append_forwarded_for(&mut head.headers, client);
+    head.headers.insert(&X_FORWARDED_PROTO, scheme.value());
+    append(&mut head.headers, VIA, via);
+
+    if head.uri.scheme().is_some() || head.uri.authority().is_some() {
+        let path = head
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        head.uri = Uri::from(path);
+    }
+    head.version = Version::HTTP_11;
+}
+
+/// Rewrites an upstream response's head for the client.
+pub fn to_client(head: &mut response::Parts) {
+    strip_hop_by_hop(&mut head.headers);
+    append(&mut head.headers, VIA, via_value(Version::HTTP_11));
+}
+
+/// Removes the headers that describe one connection, not the message, and those named in
+/// `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &PROXY_AUTHORIZATION,
+        &PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    let mut buf = itoa_ip(client);
+    if let Some(existing) = headers.get(&X_FORWARDED_FOR) {
+        let mut joined = Vec::with_capacity(existing.len() + 2 + buf.len());
+        joined.extend_from_slice(existing.as_bytes());
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(buf.as_bytes());
+        buf = String::from_utf8(joined).unwrap_or(buf);
+    }
+    if let Ok(value) = HeaderValue::from_str(&buf) {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+}
+
+fn itoa_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+fn via_value(version: Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        Version::HTTP_2 => "2 canary-proxy",
+        Version::HTTP_10 => "1.0 canary-proxy",
+        _ => "1.1 canary-proxy",
+    })
+}
+
+/// Appends `value` to a comma-list header, as one field.
+fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    match headers.get(&name) {
+        None => {
+            headers.insert(name, value);
+        }
+        Some(existing) => {
+            let mut joined = existing.as_bytes().to_vec();
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(value.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                headers.insert(name, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    #[test]
+    fn request_hop_by_hop_removed_and_forwarding_added() {
+        let req = Request::get("/p?q=1")
+            .header("host", "shop.example")
+            .header("connection", "close, X-Secret")
+            .header("x-secret", "1")
+            .header("keep-alive", "300")
+            .header("proxy-connection", "keep-alive")
+            .header("te", "gzip")
+            .header("upgrade", "foo")
+            .header("proxy-authorization", "Basic x")
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-proto", "https")
+            .body(())
+            .unwrap();
+        let (mut head, ()) = req.into_parts();
+        to_upstream(&mut head, "10.0.0.9".parse().unwrap(), Scheme::Http);
+        let h = &head.headers;
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "upgrade",
+            "proxy-authorization",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(h["host"], "shop.example");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["via"], "1.1 canary-proxy");
+        assert_eq!(head.uri, "/p?q=1");
+    }
+
+    #[test]
+    fn http2_authority_becomes_host_and_uri_origin_form() {
+        let req = Request::get("http://api.example:8080/x")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        let (mut head, ()) = req.into_parts();
+        to_upstream(
+            &mut head,
+            "::ffff:127.0.0.1".parse().unwrap(),
+            Scheme::Https,
+        );
+        assert_eq!(head.headers["host"], "api.example:8080");
+        assert_eq!(head.headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(head.headers["x-forwarded-proto"], "https");
+        assert_eq!(head.headers["via"], "2 canary-proxy");
+        assert_eq!(head.uri, "/x");
+        assert_eq!(head.version, Version::HTTP_11);
+    }
+
+    #[test]
+    fn response_hop_by_hop_removed() {
+        let res = http::Response::builder()
+            .header("connection", "x-backend")
+            .header("x-backend", "1")
+            .header("keep-alive", "timeout=5")
+            .header("via", "1.1 upstream")
+            .body(())
+            .unwrap();
+        let (mut head, ()) = res.into_parts();
+        to_client(&mut head);
+        assert!(!head.headers.contains_key("x-backend"));
+        assert!(!head.headers.contains_key("keep-alive"));
+        assert_eq!(head.headers["via"], "1.1 upstream, 1.1 canary-proxy");
+    }
+}

@@ -1,0 +1,224 @@
+//! Prometheus metrics, with every label combination resolved once at startup so that the
+//! request path only touches atomics (no label lookup, no hashing, no allocation).
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::config::Color;
+
+/// Which upstream fault a request met (`canary_proxy_upstream_errors_total{kind}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The TCP connection could not be established.
+    Connect,
+    /// No response headers within `timeout.request` (or no connection within `timeout.connect`).
+    Timeout,
+    /// The connection broke: reset, closed early, or an unparseable response.
+    Reset,
+    /// A response whose status is in `rollback.failure-statuses`.
+    Status,
+}
+
+impl ErrorKind {
+    const ALL: [ErrorKind; 4] = [
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Reset,
+        ErrorKind::Status,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Status => "status",
+        }
+    }
+}
+
+/// `code` label values: the status class, or `error` when the upstream gave no response.
+const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+const CODE_ERROR: usize = 5;
+
+/// One color's handles.
+pub struct ColorMetrics {
+    /// `canary_proxy_requests_total{color, code}`, indexed like [`CODES`].
+    requests: [IntCounter; 6],
+    /// `canary_proxy_request_duration_seconds{color}`.
+    pub duration: Histogram,
+    /// `canary_proxy_upstream_errors_total{color, kind}`, indexed like [`ErrorKind::ALL`].
+    errors: [IntCounter; 4],
+    /// `canary_proxy_weight_percent{color}`.
+    pub weight_percent: Gauge,
+    /// `canary_proxy_rollbacks_total{color}`.
+    pub rollbacks: IntCounter,
+    /// `canary_proxy_shared_fault{color}`: 1 while this color, as canary, fails like stable.
+    pub shared_fault: IntGauge,
+    /// `canary_proxy_retries_total{from = this color, to = the other}`.
+    pub retries_to_other: IntCounter,
+}
+
+impl ColorMetrics {
+    /// Counts a response with `status`.
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[class].inc();
+    }
+
+    /// Counts a request that got no response, and its cause.
+    pub fn no_response(&self, kind: ErrorKind) {
+        self.requests[CODE_ERROR].inc();
+        self.error(kind);
+    }
+
+    /// Counts an upstream fault.
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+
+    /// The current value of `canary_proxy_requests_total{color}` summed over codes.
+    pub fn requests_total(&self) -> u64 {
+        self.requests.iter().map(IntCounter::get).sum()
+    }
+}
+
+/// All of the proxy's metrics and the registry they are served from.
+pub struct Metrics {
+    registry: Registry,
+    colors: [ColorMetrics; 2],
+    /// `canary_proxy_config_reloads_total{result="ok"}`.
+    pub reloads_ok: IntCounter,
+    /// `canary_proxy_config_reloads_total{result="error"}`.
+    pub reloads_error: IntCounter,
+    /// `canary_proxy_config_info{revision}`; one series, moved on each apply.
+    config_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Registers every metric in a new registry.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "canary_proxy_requests_total",
+                "Responses per color and status class; code=error when the upstream gave none",
+            ),
+            &["color", "code"],
+        )?;
+        let duration = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "canary_proxy_request_duration_seconds",
+                "Time from sending to an upstream to its response headers, per color",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ]),
+            &["color"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "canary_proxy_upstream_errors_total",
+                "Upstream faults per color: connect, timeout, reset, or a failure status",
+            ),
+            &["color", "kind"],
+        )?;
+        let weight = prometheus::GaugeVec::new(
+            Opts::new(
+                "canary_proxy_weight_percent",
+                "Effective share of weighted traffic per color, 0-100 (0 for a rolled-back canary)",
+            ),
+            &["color"],
+        )?;
+        let rollbacks = IntCounterVec::new(
+            Opts::new(
+                "canary_proxy_rollbacks_total",
+                "Rollbacks, labelled with the canary color that was rolled back",
+            ),
+            &["color"],
+        )?;
+        let shared = IntGaugeVec::new(
+            Opts::new(
+                "canary_proxy_shared_fault",
+                "1 while this canary fails beyond the threshold but stable fails alike, so no rollback",
+            ),
+            &["color"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "canary_proxy_retries_total",
+                "Requests re-sent to another color because they could not reach the first",
+            ),
+            &["from", "to"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "canary_proxy_config_reloads_total",
+                "Configurations applied (ok) or rejected (error)",
+            ),
+            &["result"],
+        )?;
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "canary_proxy_config_info",
+                "Always 1; the revision label names the applied configuration",
+            ),
+            &["revision"],
+        )?;
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(errors.clone()),
+            Box::new(weight.clone()),
+            Box::new(rollbacks.clone()),
+            Box::new(shared.clone()),
+            Box::new(retries.clone()),
+            Box::new(reloads.clone()),
+            Box::new(config_info.clone()),
+        ] {
+            registry.register(c)?;
+        }
+
+        let colors = Color::ALL.map(|color| {
+            let name = color.as_str();
+            ColorMetrics {
+                requests: CODES.map(|code| requests.with_label_values(&[name, code])),
+                duration: duration.with_label_values(&[name]),
+                errors: ErrorKind::ALL.map(|k| errors.with_label_values(&[name, k.label()])),
+                weight_percent: weight.with_label_values(&[name]),
+                rollbacks: rollbacks.with_label_values(&[name]),
+                shared_fault: shared.with_label_values(&[name]),
+                retries_to_other: retries.with_label_values(&[name, color.other().as_str()]),
+            }
+        });
+        Ok(Metrics {
+            registry,
+            colors,
+            reloads_ok: reloads.with_label_values(&["ok"]),
+            reloads_error: reloads.with_label_values(&["error"]),
+            config_info,
+        })
+    }
+
+    /// The handles of `color`.
+    pub fn color(&self, color: Color) -> &ColorMetrics {
+        &self.colors[color.index()]
+    }
+
+    /// Moves `canary_proxy_config_info` to `revision`.
+    pub fn set_revision(&self, revision: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[revision]).set(1);
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

@@ -1,0 +1,157 @@
+//! Route choice: which color serves a request, with NGINX's canary precedence
+//! (header, then cookie, then sticky or weight), read from one immutable [`RouteTable`].
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::HeaderMap;
+use http::header::COOKIE;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::{Color, Config, HeaderRule, Sticky};
+use crate::rollback::window::Window;
+use crate::upstream::Upstream;
+
+/// Everything a request needs to be routed and accounted, swapped as one snapshot.
+#[derive(Clone)]
+pub struct RouteTable {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// The configuration's revision (ConfigMap resourceVersion or content hash).
+    pub revision: Arc<str>,
+    /// Upstream per color, with its connection pool key.
+    pub upstreams: [Arc<Upstream>; 2],
+    /// Sliding windows per color; carried over across reloads of the same window length.
+    pub windows: Arc<[Window; 2]>,
+    /// Set once the canary has been rolled back: every request then goes to stable.
+    pub rolled_back: Option<Arc<RolledBack>>,
+}
+
+/// A rollback that has happened.
+#[derive(Clone, Debug)]
+pub struct RolledBack {
+    /// The canary color that was rolled back.
+    pub color: Color,
+    /// Why, with the figures.
+    pub reason: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+impl RouteTable {
+    /// Chooses the color for a request with these headers.
+    pub fn choose(&self, headers: &HeaderMap) -> Color {
+        let config = &*self.config;
+        let (stable, canary) = (config.stable, config.canary());
+        if self.rolled_back.is_some() {
+            return stable;
+        }
+        if let Some(rule) = &config.by_header {
+            match header_decision(rule, headers) {
+                Some(true) => return canary,
+                Some(false) => return stable,
+                None => {}
+            }
+        }
+        if let Some(name) = &config.by_cookie {
+            match cookie(headers, name) {
+                Some(b"always") => return canary,
+                Some(b"never") => return stable,
+                _ => {}
+            }
+        }
+        if config.weight == 0 {
+            return stable;
+        }
+        if config.weight >= config.weight_total {
+            return canary;
+        }
+        let slot = match self.sticky_key(headers) {
+            Some(key) => (stable_hash(key) % u64::from(config.weight_total)) as u32,
+            None => random_below(config.weight_total),
+        };
+        if slot < config.weight { canary } else { stable }
+    }
+
+    /// The effective share of weighted traffic per color, in percent.
+    pub fn weight_percent(&self, color: Color) -> f64 {
+        let config = &*self.config;
+        let canary = if self.rolled_back.is_some() {
+            0.0
+        } else {
+            100.0 * f64::from(config.weight) / f64::from(config.weight_total)
+        };
+        if color == config.canary() {
+            canary
+        } else {
+            100.0 - canary
+        }
+    }
+
+    fn sticky_key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        match self.config.sticky.as_ref()? {
+            Sticky::Cookie(name) => cookie(headers, name),
+            Sticky::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+        }
+        .filter(|v| !v.is_empty())
+    }
+}
+
+/// NGINX's `canary-by-header`: `Some(true)` to canary, `Some(false)` to stable, `None` to fall
+/// through to the next rule.
+fn header_decision(rule: &HeaderRule, headers: &HeaderMap) -> Option<bool> {
+    let value = headers.get(&rule.name)?.as_bytes();
+    if let Some(wanted) = &rule.value {
+        return (value == wanted.as_bytes()).then_some(true);
+    }
+    if let Some(pattern) = &rule.pattern {
+        let value = std::str::from_utf8(value).ok()?;
+        return pattern.is_match(value).then_some(true);
+    }
+    match value {
+        b"always" => Some(true),
+        b"never" => Some(false),
+        _ => None,
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers, without allocating.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|h| h.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii_start();
+            let rest = pair.strip_prefix(name.as_bytes())?;
+            let value = rest.trim_ascii_start().strip_prefix(b"=")?;
+            Some(value.trim_ascii())
+        })
+}
+
+/// FNV-1a, then a 64-bit finaliser so that nearby keys spread over all slots.
+pub(crate) fn stable_hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+thread_local! {
+    /// A fast per-thread generator: routing needs an even split, not secrecy.
+    static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
+}
+
+fn random_below(n: u32) -> u32 {
+    RNG.with(|rng| rng.borrow_mut().random_range(0..n))
+}
+
+#[cfg(test)]
+mod tests;
