@@ -1,0 +1,141 @@
+//! A test upstream: an HTTP/1.1 and h2c server on loopback that says its color, counts what
+//! it served, and can be told to fail or stall.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running test upstream. Stops when dropped.
+pub struct TestUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+struct State {
+    color: &'static str,
+    served: AtomicU64,
+    status: AtomicU16,
+    delay_ms: AtomicU64,
+    last_request: Mutex<Option<(String, HeaderMap, Bytes)>>,
+}
+
+impl TestUpstream {
+    /// Starts an upstream that answers 200 with `x-color: <color>` and `{"color":"<color>"}`.
+    pub async fn start(color: &'static str) -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, color)
+    }
+
+    /// Starts an upstream on a given address (to bring one back where it was).
+    pub async fn start_at(addr: SocketAddr, color: &'static str) -> TestUpstream {
+        let listener = TcpListener::bind(addr).await.expect("bind");
+        Self::serve(listener, color)
+    }
+
+    fn serve(listener: TcpListener, color: &'static str) -> TestUpstream {
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(State {
+            color,
+            served: AtomicU64::new(0),
+            status: AtomicU16::new(200),
+            delay_ms: AtomicU64::new(0),
+            last_request: Mutex::new(None),
+        });
+        let task = tokio::spawn({
+            let state = state.clone();
+            async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| answer(state.clone(), req));
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            }
+        });
+        TestUpstream { addr, state, task }
+    }
+
+    /// Requests answered so far.
+    pub fn served(&self) -> u64 {
+        self.state.served.load(SeqCst)
+    }
+
+    /// Makes every later answer carry `status`.
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status, SeqCst);
+    }
+
+    /// Delays every later answer by `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.delay_ms.store(delay.as_millis() as u64, SeqCst);
+    }
+
+    /// The last request's path, headers and body.
+    pub fn last_request(&self) -> Option<(String, HeaderMap, Bytes)> {
+        self.state.last_request.lock().expect("lock").clone()
+    }
+
+    /// `host:port` for a config value.
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (head, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path = head
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *state.last_request.lock().expect("lock") = Some((path, head.headers, body));
+    let delay = state.delay_ms.load(SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    state.served.fetch_add(1, SeqCst);
+    let response = Response::builder()
+        .status(state.status.load(SeqCst))
+        .header("x-color", state.color)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!(
+            "{{\"color\":\"{}\"}}",
+            state.color
+        ))))
+        .expect("response");
+    Ok(response)
+}
