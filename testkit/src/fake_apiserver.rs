@@ -1,0 +1,488 @@
+//! A fake Kubernetes API server for tests: the real wire protocol over plain HTTP on loopback.
+//!
+//! It serves core/v1 `configmaps` and `events`: list (with the collection's resourceVersion),
+//! get, create (POST), update (PUT), merge and strategic-merge PATCH with `resourceVersion`
+//! preconditions (409 Conflict), delete, and `watch=true` streams of ADDED / MODIFIED /
+//! DELETED / BOOKMARK events resumable from a resourceVersion, with 410 Gone once that version
+//! is compacted away. Discovery documents make `kubectl` work against it. Objects live in
+//! memory and survive [`FakeApiServer::stop`] / [`FakeApiServer::restart`], like etcd behind
+//! an API server that goes away and comes back on the same address.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use canary_testkit::fake_apiserver::FakeApiServer;
+//! let api = FakeApiServer::start().await;
+//! api.create_configmap("default", "canary", &[("canary-weight", "5")]);
+//! // point a client at it: KUBECONFIG=api.kubeconfig_path()
+//! api.patch_data("default", "canary", &[("canary-weight", "50")]);
+//! # }
+//! ```
+
+mod discovery;
+mod routes;
+mod status;
+mod store;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::{JoinHandle, JoinSet};
+
+use store::{Key, Store};
+
+/// Requests kept in the log that [`FakeApiServer::requests`] returns.
+const REQUEST_LOG_LIMIT: usize = 10_000;
+
+/// The kind of API request, for fault injection and the request log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// GET of a collection.
+    List,
+    /// GET of a collection with `watch=true`.
+    Watch,
+    /// GET of one object.
+    Get,
+    /// POST to a collection.
+    Create,
+    /// PUT of one object.
+    Update,
+    /// PATCH of one object.
+    Patch,
+    /// DELETE of one object.
+    Delete,
+    /// Any of the above (only for [`FakeApiServer::fail_next`]); discovery is never failed.
+    Any,
+}
+
+/// One API request as received (discovery requests are not logged).
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    /// What kind of request it was.
+    pub verb: Verb,
+    /// HTTP method.
+    pub method: String,
+    /// URL path.
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// `Content-Type` without parameters, if sent.
+    pub content_type: Option<String>,
+}
+
+/// A ConfigMap as stored, reduced to what tests check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigMapSnapshot {
+    /// `data`.
+    pub data: BTreeMap<String, String>,
+    /// `metadata.annotations`.
+    pub annotations: BTreeMap<String, String>,
+    /// `metadata.resourceVersion`.
+    pub resource_version: String,
+    /// `metadata.uid`.
+    pub uid: String,
+}
+
+/// A core/v1 Event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Namespace of the Event.
+    pub namespace: String,
+    /// `reason`, e.g. `CanaryRolledBack`.
+    pub reason: String,
+    /// `message`.
+    pub message: String,
+    /// `type`: `Normal` or `Warning`.
+    pub type_: String,
+    /// `involvedObject.kind`.
+    pub involved_kind: String,
+    /// `involvedObject.name`.
+    pub involved_name: String,
+    /// `involvedObject.uid`, empty if not set.
+    pub involved_uid: String,
+}
+
+/// An injected failure: the next `remaining` requests of `verb` get `code`.
+struct Fault {
+    verb: Verb,
+    code: u16,
+    remaining: u32,
+}
+
+/// State shared by the handle and the connection tasks; it outlives stops and restarts.
+pub(crate) struct Shared {
+    /// Objects and watch history.
+    store: Mutex<Store>,
+    /// Pending injected failures, applied in order.
+    faults: Mutex<Vec<Fault>>,
+    /// The API requests received, oldest first.
+    requests: Mutex<Vec<RequestRecord>>,
+    /// Watches currently streaming.
+    watches: AtomicUsize,
+    /// Period of BOOKMARK events on watches that allow them.
+    bookmark_interval: Duration,
+}
+
+impl Shared {
+    fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    fn log(&self, record: RequestRecord) {
+        let mut requests = lock(&self.requests);
+        if requests.len() >= REQUEST_LOG_LIMIT {
+            requests.remove(0);
+        }
+        requests.push(record);
+    }
+
+    /// Consumes one injected failure matching `verb`, if any.
+    fn take_fault(&self, verb: Verb) -> Option<u16> {
+        let mut faults = lock(&self.faults);
+        let index = faults
+            .iter()
+            .position(|f| f.verb == verb || f.verb == Verb::Any)?;
+        let code = faults[index].code;
+        faults[index].remaining -= 1;
+        if faults[index].remaining == 0 {
+            faults.remove(index);
+        }
+        Some(code)
+    }
+}
+
+/// A running fake API server; see the module docs.
+pub struct FakeApiServer {
+    /// Where it listens; kept across restarts.
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    /// The accept loop while serving; its connections die with it.
+    serving: Mutex<Option<JoinHandle<()>>>,
+    /// Holds the kubeconfig and kubectl's cache; removed on drop.
+    dir: tempfile::TempDir,
+}
+
+impl FakeApiServer {
+    /// Starts a server on `127.0.0.1:0` and writes a kubeconfig for it.
+    ///
+    /// # Panics
+    /// If the port cannot be bound or the temporary directory cannot be written.
+    pub async fn start() -> Self {
+        let listener =
+            bind("127.0.0.1:0".parse().expect("valid address")).expect("bind the fake API server");
+        let addr = listener.local_addr().expect("bound address");
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::new()),
+            faults: Mutex::new(Vec::new()),
+            requests: Mutex::new(Vec::new()),
+            watches: AtomicUsize::new(0),
+            bookmark_interval: Duration::from_secs(1),
+        });
+        let dir = tempfile::tempdir().expect("temporary directory for the kubeconfig");
+        std::fs::write(dir.path().join("kubeconfig"), kubeconfig(addr))
+            .expect("write the kubeconfig");
+        let server = Self {
+            addr,
+            shared,
+            serving: Mutex::new(None),
+            dir,
+        };
+        *lock(&server.serving) = Some(tokio::spawn(serve(listener, server.shared.clone())));
+        server
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig whose current context points at this server (namespace `default`, a dummy
+    /// bearer token). Pass it as `KUBECONFIG`.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// A `kubectl` command aimed at this server, with its discovery cache in a private
+    /// directory; add the arguments and run it.
+    pub fn kubectl(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new("kubectl");
+        command
+            .env("KUBECONFIG", self.kubeconfig_path())
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kubectl-cache"));
+        command
+    }
+
+    /// Creates a ConfigMap with this data; returns its resourceVersion.
+    ///
+    /// # Panics
+    /// If it already exists.
+    pub fn create_configmap(&self, namespace: &str, name: &str, data: &[(&str, &str)]) -> String {
+        let object = json!({ "metadata": { "name": name }, "data": pairs(data) });
+        let created = self.shared.store().create("configmaps", namespace, object);
+        resource_version(
+            &created.unwrap_or_else(|e| panic!("create {namespace}/{name}: {}", e.message)),
+        )
+    }
+
+    /// The ConfigMap as stored, if it exists.
+    pub fn configmap(&self, namespace: &str, name: &str) -> Option<ConfigMapSnapshot> {
+        let object = self
+            .shared
+            .store()
+            .get(&configmap_key(namespace, name))
+            .ok()?;
+        let strings = |pointer: &str| -> BTreeMap<String, String> {
+            object
+                .pointer(pointer)
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let text = |pointer: &str| {
+            object
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Some(ConfigMapSnapshot {
+            data: strings("/data"),
+            annotations: strings("/metadata/annotations"),
+            resource_version: text("/metadata/resourceVersion"),
+            uid: text("/metadata/uid"),
+        })
+    }
+
+    /// Sets these `data` keys (a merge patch, as `kubectl patch --type merge` does), and
+    /// returns the new resourceVersion (unchanged if nothing changed).
+    ///
+    /// # Panics
+    /// If the ConfigMap does not exist.
+    pub fn patch_data(&self, namespace: &str, name: &str, data: &[(&str, &str)]) -> String {
+        let patch = json!({ "data": pairs(data) });
+        let patched = self
+            .shared
+            .store()
+            .merge_patch(&configmap_key(namespace, name), &patch);
+        resource_version(
+            &patched.unwrap_or_else(|e| panic!("patch {namespace}/{name}: {}", e.message)),
+        )
+    }
+
+    /// Replaces the whole `data` map; returns the new resourceVersion.
+    ///
+    /// # Panics
+    /// If the ConfigMap does not exist.
+    pub fn set_data(&self, namespace: &str, name: &str, data: &[(&str, &str)]) -> String {
+        let key = configmap_key(namespace, name);
+        let mut store = self.shared.store();
+        let mut object = store
+            .get(&key)
+            .unwrap_or_else(|e| panic!("set {namespace}/{name}: {}", e.message));
+        object["data"] = pairs(data);
+        let updated = store.update(&key, object);
+        resource_version(
+            &updated.unwrap_or_else(|e| panic!("set {namespace}/{name}: {}", e.message)),
+        )
+    }
+
+    /// Deletes the ConfigMap; returns whether it existed.
+    pub fn delete_configmap(&self, namespace: &str, name: &str) -> bool {
+        self.shared
+            .store()
+            .delete(&configmap_key(namespace, name))
+            .is_ok()
+    }
+
+    /// The Events created so far, in name order (client-go style names sort by time).
+    pub fn events(&self) -> Vec<RecordedEvent> {
+        let items = self
+            .shared
+            .store()
+            .list("events", None, &store::Selector::default());
+        let text = |event: &Value, pointer: &str| {
+            event
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        items
+            .iter()
+            .map(|e| RecordedEvent {
+                namespace: text(e, "/metadata/namespace"),
+                reason: text(e, "/reason"),
+                message: text(e, "/message"),
+                type_: text(e, "/type"),
+                involved_kind: text(e, "/involvedObject/kind"),
+                involved_name: text(e, "/involvedObject/name"),
+                involved_uid: text(e, "/involvedObject/uid"),
+            })
+            .collect()
+    }
+
+    /// Compacts the history as etcd does: every open watch receives an ERROR event with a
+    /// 410 Gone Status and ends, and no version seen so far can be resumed from.
+    pub fn expire_watches(&self) {
+        self.shared.store().expire();
+    }
+
+    /// Makes the next `times` requests of `verb` fail with HTTP `code` and a matching Status.
+    /// For [`Verb::Watch`] and 410, the error comes as a real server sends it: an ERROR event
+    /// inside a 200 response.
+    pub fn fail_next(&self, verb: Verb, code: u16, times: u32) {
+        if times > 0 {
+            lock(&self.shared.faults).push(Fault {
+                verb,
+                code,
+                remaining: times,
+            });
+        }
+    }
+
+    /// The API requests received so far (discovery excluded), oldest first.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// How many watch responses are streaming right now.
+    pub fn active_watches(&self) -> usize {
+        self.shared.watches.load(Ordering::SeqCst)
+    }
+
+    /// The newest resourceVersion handed out.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.store().resource_version()
+    }
+
+    /// Whether the server is accepting connections.
+    pub fn is_running(&self) -> bool {
+        lock(&self.serving).is_some()
+    }
+
+    /// Stops serving: the port is closed and every open connection (watches included) is cut.
+    /// The objects are kept for [`FakeApiServer::restart`].
+    pub async fn stop(&self) {
+        let task = lock(&self.serving).take();
+        if let Some(task) = task {
+            task.abort();
+            // Cancelled on purpose; waiting makes sure the listener and connections are gone.
+            let _ = task.await;
+        }
+    }
+
+    /// Serves again on the same address after [`FakeApiServer::stop`]; a no-op if running.
+    ///
+    /// # Panics
+    /// If the address cannot be bound again (something else took the port).
+    pub async fn restart(&self) {
+        let mut serving = lock(&self.serving);
+        if serving.is_none() {
+            let listener = bind(self.addr).unwrap_or_else(|e| panic!("rebind {}: {e}", self.addr));
+            *serving = Some(tokio::spawn(serve(listener, self.shared.clone())));
+        }
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        if let Some(task) = lock(&self.serving).take() {
+            task.abort();
+        }
+    }
+}
+
+/// Binds with `SO_REUSEADDR`, so a restart can take the port back from its TIME_WAIT sockets.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(128)
+}
+
+/// Accepts connections until aborted; the connections live in a `JoinSet`, so aborting this
+/// task drops them all, as a dying API server would.
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    // Out of descriptors or similar: give the system a moment.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let shared = shared.clone();
+                connections.spawn(async move {
+                    let service = service_fn(move |request| routes::handle(shared.clone(), request));
+                    // A client hanging up mid-watch is an ordinary end of a connection here.
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+fn kubeconfig(addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
+         users:\n- name: fake\n  user:\n    token: fake-token\n\
+         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
+         current-context: fake\n"
+    )
+}
+
+fn configmap_key(namespace: &str, name: &str) -> Key {
+    Key {
+        resource: "configmaps".into(),
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+fn pairs(data: &[(&str, &str)]) -> Value {
+    Value::Object(
+        data.iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect(),
+    )
+}
+
+fn resource_version(object: &Value) -> String {
+    object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Locks a mutex, ignoring poisoning: a panicking test thread must not hide the state.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
