@@ -3,3 +3,97 @@
 
 pub mod decision;
 pub mod window;
+
+#[cfg(test)]
+mod tests {
+    //! The windows and the rule together, on a clock the test controls.
+
+    use std::time::Duration;
+
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::decision::{Verdict, decide};
+    use super::window::Window;
+
+    struct Colors {
+        canary: Window,
+        stable: Window,
+    }
+
+    impl Colors {
+        fn new() -> Colors {
+            let w = Duration::from_secs(30);
+            Colors {
+                canary: Window::new(w),
+                stable: Window::new(w),
+            }
+        }
+
+        fn verdict(&self, now: u64) -> Verdict {
+            decide(self.canary.counts(now), self.stable.counts(now), 0.05, 20)
+        }
+    }
+
+    #[test]
+    fn all_failing_canary_rolls_back_at_exactly_min_requests() {
+        let c = Colors::new();
+        for i in 1..=20u64 {
+            c.canary.record(i * 10, true, None);
+            let v = c.verdict(i * 10);
+            assert_eq!(
+                matches!(v, Verdict::RollBack(_)),
+                i == 20,
+                "request {i}: {v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_percent_failures_never_roll_back_over_100k_requests() {
+        let c = Colors::new();
+        let mut rng = SmallRng::seed_from_u64(7);
+        for i in 0..100_000u64 {
+            let now = i; // 1,000 requests a second
+            let failed = rng.random_bool(0.02);
+            c.canary.record(now, failed, None);
+            if failed {
+                assert!(!matches!(c.verdict(now), Verdict::RollBack(_)), "at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn old_failures_age_out() {
+        let c = Colors::new();
+        for i in 0..19 {
+            c.canary.record(i, true, None);
+        }
+        assert_eq!(c.verdict(100), Verdict::Insufficient);
+        // 19 failures, then one more 31 s later: the first 19 have left the window.
+        c.canary.record(31_000, true, None);
+        assert_eq!(c.canary.counts(31_000).requests, 1);
+        assert_eq!(c.verdict(31_000), Verdict::Insufficient);
+    }
+
+    #[test]
+    fn a_shared_fault_at_weight_50_never_rolls_back() {
+        for seed in 0..20 {
+            let c = Colors::new();
+            let mut rng = SmallRng::seed_from_u64(seed);
+            for i in 0..2_000u64 {
+                let window = if rng.random_bool(0.5) {
+                    &c.canary
+                } else {
+                    &c.stable
+                };
+                window.record(i, true, None);
+                let v = c.verdict(i);
+                assert!(
+                    !matches!(v, Verdict::RollBack(_)),
+                    "seed {seed}, request {i}: {v:?}"
+                );
+            }
+        }
+    }
+}
