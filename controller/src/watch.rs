@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -23,6 +25,12 @@ use crate::{ANNOTATION_PREFIX, ConfigMapRef};
 /// Server-side timeout of each watch request. It bounds how long a silently dead connection
 /// (no FIN, no RST) goes unnoticed: the watcher gives up on a silent stream 5 s after this.
 const WATCH_TIMEOUT_SECS: u32 = 60;
+
+/// Longest pause between attempts (the backoff's own cap, used if it ever runs dry).
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// Two 410 Gone answers closer than this mean relisting is not helping: back off.
+const EXPIRY_REPEAT_WINDOW: Duration = Duration::from_secs(1);
 
 /// What happened to the watched ConfigMap, as the proxy's config source needs to hear it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +116,8 @@ struct ConfigMapWatch {
     listed: Option<ConfigMap>,
     /// Events decided but not yet handed out (a reconnection can yield two at once).
     pending: VecDeque<SourceEvent>,
+    /// When the last 410 Gone came, to notice a relist loop.
+    last_expiry: Option<Instant>,
 }
 
 impl ConfigMapWatch {
@@ -122,6 +132,7 @@ impl ConfigMapWatch {
             presence: Presence::Unknown,
             listed: None,
             pending: VecDeque::new(),
+            last_expiry: None,
         }
     }
 
@@ -178,7 +189,21 @@ impl ConfigMapWatch {
 
     fn on_error(&mut self, error: &watcher::Error) {
         self.stream = None;
-        self.pause = Some(self.backoff.next().unwrap_or(Duration::from_secs(30)));
+        if is_expired(error) {
+            // 410 Gone: our resourceVersion was compacted away. Routine; relist at once, unless
+            // it keeps happening, which calls for the backoff after all.
+            let now = Instant::now();
+            let again = self
+                .last_expiry
+                .is_some_and(|t| now - t < EXPIRY_REPEAT_WINDOW);
+            self.last_expiry = Some(now);
+            if again {
+                self.pause = self.backoff.next();
+            }
+            tracing::debug!(configmap = %self.cm, %error, "watch expired; listing again");
+            return;
+        }
+        self.pause = Some(self.backoff.next().unwrap_or(MAX_PAUSE));
         if self.link == Link::Down {
             tracing::debug!(configmap = %self.cm, %error, "Kubernetes API still failing; retrying");
             return;
@@ -254,5 +279,16 @@ impl ConfigMapWatch {
             }
             Presence::Missing | Presence::Deleted => {}
         }
+    }
+}
+
+/// Whether the API server answered 410 Gone: the watch's resourceVersion is too old.
+fn is_expired(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 410,
+        _ => false,
     }
 }
