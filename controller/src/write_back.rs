@@ -23,6 +23,10 @@ const MAX_ATTEMPTS: u32 = 6;
 /// First delay after a transient failure; it doubles per attempt (0.2, 0.4, .. 3.2 s).
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
 
+/// Pause before re-reading after a conflict, times the number of conflicts so far (as
+/// client-go's `RetryOnConflict` waits 10 ms): replicas that tripped together spread out.
+const CONFLICT_DELAY: Duration = Duration::from_millis(10);
+
 /// The field manager recorded by the API server for our writes.
 const FIELD_MANAGER: &str = "canary-proxy";
 
@@ -105,6 +109,7 @@ pub async fn write_back(
             }
             Err(kube::Error::Api(status)) if status.is_conflict() => {
                 conflicts += 1;
+                tokio::time::sleep(CONFLICT_DELAY * conflicts).await;
                 tracing::info!(configmap = %cm, %resource_version, "ConfigMap changed since the rollback was decided; re-reading");
             }
             Err(kube::Error::Api(status)) if status.is_not_found() => {
