@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use canary_controller::{ConfigMapRef, SourceEvent};
 use canary_testkit::fake_apiserver::{FakeApiServer, Verb};
-use common::{NAME, NS, client, eventually, next_event, spawn_watch};
+use common::{CapturedLogs, NAME, NS, client, eventually, next_event, spawn_watch};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -202,6 +202,7 @@ async fn an_expired_watch_relists_without_reporting_an_outage() {
 
 #[tokio::test]
 async fn an_api_server_outage_is_reported_once_and_recovered_from() {
+    let (logs, _guard) = CapturedLogs::start();
     let api = FakeApiServer::start().await;
     api.create_configmap(NS, NAME, &[("canary-weight", "5")]);
     let mut events = spawn_watch(client(&api).await, cm());
@@ -238,6 +239,14 @@ async fn an_api_server_outage_is_reported_once_and_recovered_from() {
         weight(&next_event(&mut events, PROPAGATION).await),
         Some("40")
     );
+
+    // One warning for the outage and one line for the recovery, however many retries.
+    assert!(logs.count("still failing") >= 1, "retries happened");
+    // (kube's client adds its own "eof in poll" warning when the stream breaks; the proxy's
+    // log filter keeps kube's crates at error level.)
+    let warnings = logs.lines("WARN canary_controller");
+    assert_eq!(warnings.len(), 1, "one warning per outage: {warnings:#?}");
+    assert_eq!(logs.count("reachable again"), 1);
 }
 
 #[tokio::test]
