@@ -1,1 +1,175 @@
-fn main() {}
+//! The `canary-bench` command line: parses the flags and hands each command to the library.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use canary_bench::load::{self, LoadConfig, Stop, Target, Workers};
+use canary_bench::units::parse_duration;
+use canary_bench::upstream::{self, Color, FaultUpdate, Upstream};
+
+/// Test upstreams, a load generator, the demo and the benchmark of canary-proxy.
+#[derive(Parser, Debug)]
+#[command(name = "canary-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// A fast test upstream that answers its color, with fault injection.
+    Upstream(UpstreamArgs),
+    /// Sends load to a URL and prints throughput, latency, statuses and the split by x-color.
+    Load(LoadArgs),
+}
+
+#[derive(Args, Debug)]
+struct UpstreamArgs {
+    /// Address to listen on (port 0 picks one; the address is printed).
+    #[arg(long, env = "CANARY_BENCH_LISTEN", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// The color this upstream answers with, in `x-color` and the body.
+    #[arg(long, env = "CANARY_BENCH_COLOR", value_enum)]
+    color: Color,
+    /// Fraction of answers, 0.0 to 1.0, that are 500 (changeable with POST /fault).
+    #[arg(long, env = "CANARY_BENCH_ERROR_RATE", default_value_t = 0.0)]
+    error_rate: f64,
+    /// Latency added to every answer, such as 5ms (changeable with POST /fault).
+    #[arg(long, env = "CANARY_BENCH_LATENCY", default_value = "0ms", value_parser = parse_duration)]
+    latency: Duration,
+    /// Runtime worker threads; 1 runs on the current thread (default: one per core).
+    #[arg(long, env = "CANARY_BENCH_WORKERS")]
+    workers: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// The URL to load, such as http://127.0.0.1:8080/.
+    #[arg(long)]
+    target: String,
+    /// Connections, each with one request in flight at a time.
+    #[arg(long, short = 'c', default_value_t = 64)]
+    connections: usize,
+    /// How long to send, such as 10s.
+    #[arg(long, short = 'd', value_parser = parse_duration, conflicts_with = "requests")]
+    duration: Option<Duration>,
+    /// Send exactly this many requests instead of for a duration.
+    #[arg(long, short = 'n')]
+    requests: Option<u64>,
+    /// Open loop at this many requests per second in total, latency measured from each
+    /// request's intended send time; without it, closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// HTTP/2 by prior knowledge (h2c) instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// A request without its whole answer after this long is counted as a timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Worker threads, each with its own share of the connections (default: one per core).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Upstream(args) => {
+            let runtime = runtime(args.workers)?;
+            runtime.block_on(run_upstream(args))
+        }
+        // The connections run on their own worker threads; this runtime only waits for them.
+        Command::Load(args) => runtime(Some(1))?.block_on(run_load(args)),
+    }
+}
+
+/// A tokio runtime with `workers` threads (one per core by default; 1 = current thread).
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let runtime = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    runtime.context("cannot start the tokio runtime")
+}
+
+async fn run_upstream(args: UpstreamArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.error_rate),
+        "--error-rate must be between 0.0 and 1.0, not {}",
+        args.error_rate
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let state = Upstream::new(
+        args.color,
+        FaultUpdate {
+            error_rate: Some(args.error_rate),
+            latency_ms: Some(args.latency.as_secs_f64() * 1000.0),
+        },
+    );
+    println!("canary-bench upstream {} listening on {addr}", args.color);
+    upstream::serve(listener, state, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    let target = Target::resolve(&args.target).await?;
+    let stop = match (args.requests, args.duration) {
+        (Some(n), _) => Stop::Requests(n),
+        (None, Some(duration)) => Stop::After(duration),
+        (None, None) => Stop::After(Duration::from_secs(10)),
+    };
+    let config = LoadConfig {
+        target,
+        connections: args.connections,
+        stop,
+        rate: args.rate,
+        http2: args.http2,
+        timeout: args.timeout,
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = Workers::new(threads).context("cannot start the load's worker threads")?;
+    let handle = load::start_on(config, workers.handles())?;
+    let progress = handle.spawn_progress();
+    let report = handle.finish().await;
+    load::clear_progress(progress);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

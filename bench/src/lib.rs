@@ -1,0 +1,15 @@
+//! canary-bench: the test upstreams, load generator, demo and benchmark of canary-proxy.
+//!
+//! The modules in the order a benchmark's request meets them:
+//!
+//! - [`load`]: the load generator's engine (closed and open loop, HTTP/1.1 and h2c, HdrHistogram
+//!   percentiles, the split by `x-color`), used in-process by every command.
+//! - [`proxy`]: starts a real `canary-proxy` child process and reads its admin endpoints.
+//! - [`upstream`]: the test upstream that names its color and injects faults on demand.
+//! - [`demo`]: the article's story played on loopback, with its checks, timeline and HTML report.
+//! - [`compare`]: the same load direct, through canary-proxy, NGINX and HAProxy.
+//! - [`units`]: parsing of durations such as `10s` on the command line.
+
+pub mod load;
+pub mod units;
+pub mod upstream;

@@ -1,0 +1,332 @@
+//! One connection's loop: connect, send, read, record, and reconnect after a failure.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::Response;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::live::{PerColor, Slot};
+use super::report::ErrorCounts;
+use super::{LoadConfig, Shared, Stop};
+
+/// Pause after a failed connect, so that a dead target is not hammered in a tight loop.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+/// Significant figures of the latency histograms (0.1 % resolution).
+const SIGNIFICANT_FIGURES: u8 = 3;
+
+/// What one connection is asked to do.
+pub(crate) struct ConnPlan {
+    /// Its position among the connections, for its counters.
+    index: usize,
+    /// How many requests it sends in `Stop::Requests` mode.
+    budget: Option<u64>,
+    /// Open loop: the time between two intended sends on this connection.
+    interval: Option<Duration>,
+    /// Open loop: when the first request is due; staggered so connections do not fire together.
+    first_due: Instant,
+    /// When to stop sending in `Stop::After` mode.
+    deadline: Option<Instant>,
+}
+
+impl ConnPlan {
+    pub(crate) fn new(config: &LoadConfig, index: usize, started: Instant) -> ConnPlan {
+        let n = config.connections as u64;
+        let budget = match config.stop {
+            // Spread the total so the shares differ by at most one.
+            Stop::Requests(total) => Some(total / n + u64::from((index as u64) < total % n)),
+            Stop::After(_) | Stop::Manual => None,
+        };
+        let interval = config
+            .rate
+            .map(|rate| Duration::from_secs_f64(config.connections as f64 / rate));
+        let stagger = interval.map_or(Duration::ZERO, |i| i.mul_f64(index as f64 / n as f64));
+        let deadline = match config.stop {
+            Stop::After(duration) => Some(started + duration),
+            Stop::Requests(_) | Stop::Manual => None,
+        };
+        ConnPlan {
+            index,
+            budget,
+            interval,
+            first_due: started + stagger,
+            deadline,
+        }
+    }
+}
+
+/// What a connection hands back when it is done.
+pub(crate) struct ConnOutcome {
+    /// Latency histograms in microseconds, one per segment.
+    pub(crate) latencies: Vec<Histogram<u64>>,
+    /// Responses per status code (index = code).
+    pub(crate) statuses: Box<[u64; 1000]>,
+    /// Responses per answering color.
+    pub(crate) colors: PerColor<u64>,
+    /// Requests that got no response, by cause.
+    pub(crate) errors: ErrorCounts,
+    /// When its last request finished.
+    pub(crate) finished: Instant,
+}
+
+/// A sender for either protocol.
+enum Sender {
+    H1(http1::SendRequest<Empty<Bytes>>),
+    H2(http2::SendRequest<Empty<Bytes>>),
+}
+
+/// The future that drives a connection's I/O. It is polled in the connection's own task,
+/// beside the request in flight, rather than spawned: a request then wakes one task instead of
+/// two, which nearly halves the client's CPU cost per request.
+type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Why one request got no response.
+enum Failure {
+    /// The TCP connect or the HTTP handshake failed.
+    Connect,
+    /// No whole answer within the configured timeout.
+    Timeout,
+    /// The connection failed during the exchange.
+    Io,
+}
+
+impl Sender {
+    async fn connect(config: &LoadConfig) -> Result<(Sender, Driver), Failure> {
+        let stream = TcpStream::connect(config.target.addr)
+            .await
+            .map_err(|_| Failure::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        if config.http2 {
+            let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|_| Failure::Connect)?;
+            Ok((
+                Sender::H2(sender),
+                Box::pin(async move { drop(connection.await) }),
+            ))
+        } else {
+            let (sender, connection) = http1::handshake(io).await.map_err(|_| Failure::Connect)?;
+            Ok((
+                Sender::H1(sender),
+                Box::pin(async move { drop(connection.await) }),
+            ))
+        }
+    }
+
+    /// Sends one request and reads its whole body (which keeps the connection reusable).
+    async fn exchange(&mut self, config: &LoadConfig) -> Result<Response<()>, Failure> {
+        let response: Response<Incoming> = match self {
+            Sender::H1(sender) => {
+                sender.ready().await.map_err(|_| Failure::Io)?;
+                let request = config.target.request(false, Empty::new());
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(|_| Failure::Io)?
+            }
+            Sender::H2(sender) => {
+                sender.ready().await.map_err(|_| Failure::Io)?;
+                let request = config.target.request(true, Empty::new());
+                sender
+                    .send_request(request)
+                    .await
+                    .map_err(|_| Failure::Io)?
+            }
+        };
+        let (parts, mut body) = response.into_parts();
+        while let Some(frame) = body.frame().await {
+            frame.map_err(|_| Failure::Io)?;
+        }
+        Ok(Response::from_parts(parts, ()))
+    }
+}
+
+/// One connection's run: its plan, its schedule and what it has recorded.
+struct Runner<'a> {
+    shared: &'a Shared,
+    plan: ConnPlan,
+    stop: watch::Receiver<bool>,
+    /// Requests started so far, against the plan's budget.
+    sent: u64,
+    /// Open loop: the intended send time of the next request.
+    due: Instant,
+    outcome: ConnOutcome,
+}
+
+impl Runner<'_> {
+    /// Waits for the next request's turn and returns the time its latency counts from, or
+    /// `None` when the run is over for this connection.
+    async fn next_start(&mut self) -> Option<Instant> {
+        if *self.stop.borrow() || self.plan.budget.is_some_and(|budget| self.sent >= budget) {
+            return None;
+        }
+        let start = match self.plan.interval {
+            Some(interval) => {
+                let intended = self.due;
+                self.due += interval;
+                if self
+                    .plan
+                    .deadline
+                    .is_some_and(|deadline| intended >= deadline)
+                {
+                    return None;
+                }
+                if intended > Instant::now() {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(intended.into()) => {}
+                        _ = self.stop.changed() => return None,
+                    }
+                    // On schedule: the timer's lateness (up to its 1 ms tick) is the client's,
+                    // not the server's, so the clock starts when the request really leaves.
+                    Instant::now()
+                } else {
+                    // Behind schedule because an earlier answer was slow: the clock runs from
+                    // the intended time, so the stall is counted, not omitted.
+                    intended
+                }
+            }
+            None => {
+                let now = Instant::now();
+                if self.plan.deadline.is_some_and(|deadline| now >= deadline) {
+                    return None;
+                }
+                now
+            }
+        };
+        self.sent += 1;
+        Some(start)
+    }
+
+    /// Records one request's result, started at `start`.
+    fn record(&mut self, start: Instant, result: Result<Response<()>, Failure>) {
+        let done = Instant::now();
+        self.outcome.finished = done;
+        let live = &self.shared.live[self.plan.index];
+        let outcome = &mut self.outcome;
+        match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let slot = Slot::of(response.headers().get("x-color"));
+                let at_ns = done.duration_since(self.shared.started).as_nanos() as u64;
+                live.response(slot, status, at_ns);
+                outcome.statuses[usize::from(status)] += 1;
+                match slot {
+                    Slot::Blue => outcome.colors.blue += 1,
+                    Slot::Green => outcome.colors.green += 1,
+                    Slot::None => outcome.colors.none += 1,
+                }
+                let segment = self.shared.segment.load(Ordering::Relaxed);
+                while outcome.latencies.len() <= segment {
+                    outcome.latencies.push(
+                        Histogram::new(SIGNIFICANT_FIGURES)
+                            .expect("3 significant figures are supported"),
+                    );
+                }
+                let micros = done.saturating_duration_since(start).as_micros() as u64;
+                // The histograms resize themselves, so recording cannot fail on range.
+                let _ = outcome.latencies[segment].record(micros);
+            }
+            Err(failure) => {
+                live.error();
+                match failure {
+                    Failure::Timeout => outcome.errors.timeout += 1,
+                    Failure::Connect => outcome.errors.connect += 1,
+                    Failure::Io => outcome.errors.io += 1,
+                }
+            }
+        }
+    }
+
+    /// Sends requests over one open connection, starting with the one due at `first`, until
+    /// the run ends (`true`) or the connection fails (`false`).
+    async fn session(&mut self, first: Instant, mut sender: Sender, mut driver: Driver) -> bool {
+        let timeout = self.shared.config.timeout;
+        // One coarse watchdog per connection rather than a timer per request: arming and
+        // cancelling a timer for each request costs more than the rest of the client's work.
+        let mut watchdog = tokio::time::interval((timeout / 4).max(Duration::from_millis(1)));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut start = first;
+        loop {
+            let sent = Instant::now();
+            let result = {
+                let exchange = sender.exchange(&self.shared.config);
+                tokio::pin!(exchange);
+                loop {
+                    tokio::select! {
+                        biased;
+                        result = &mut exchange => break result,
+                        () = &mut driver => break Err(Failure::Io),
+                        _ = watchdog.tick() => {
+                            if sent.elapsed() >= timeout {
+                                break Err(Failure::Timeout);
+                            }
+                        }
+                    }
+                }
+            };
+            let failed = result.is_err();
+            self.record(start, result);
+            if failed {
+                return false;
+            }
+            match self.next_start().await {
+                Some(next) => start = next,
+                None => return true,
+            }
+        }
+    }
+}
+
+/// Runs one connection until its plan or the stop signal ends it.
+pub(crate) async fn drive(
+    shared: Arc<Shared>,
+    plan: ConnPlan,
+    stop: watch::Receiver<bool>,
+) -> ConnOutcome {
+    let due = plan.first_due;
+    let mut runner = Runner {
+        shared: &shared,
+        plan,
+        stop,
+        sent: 0,
+        due,
+        outcome: ConnOutcome {
+            latencies: Vec::new(),
+            statuses: Box::new([0; 1000]),
+            colors: PerColor::default(),
+            errors: ErrorCounts::default(),
+            finished: Instant::now(),
+        },
+    };
+    let timeout = shared.config.timeout;
+    while let Some(start) = runner.next_start().await {
+        let connected = tokio::time::timeout(timeout, Sender::connect(&shared.config))
+            .await
+            .unwrap_or(Err(Failure::Connect));
+        match connected {
+            // A failed session is followed by a new connection for the next request.
+            Ok((sender, driver)) => {
+                if runner.session(start, sender, driver).await {
+                    break;
+                }
+            }
+            Err(failure) => {
+                runner.record(start, Err(failure));
+                // A dead target is not hammered in a tight loop.
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+            }
+        }
+    }
+    runner.outcome
+}
