@@ -17,6 +17,8 @@ use crate::runtime::Runtime;
 pub enum Outcome {
     /// Response headers arrived with this status.
     Response(u16),
+    /// A gRPC response (HTTP 200) ended with this `grpc-status`.
+    Grpc(u32),
     /// No response: the kind says why.
     NoResponse(ErrorKind),
 }
@@ -42,13 +44,22 @@ impl Runtime {
                 }
                 failed
             }
+            Outcome::Grpc(code) => {
+                metrics.response(200);
+                metrics.duration.observe(latency.as_secs_f64());
+                let failed = policy.grpc_failure_codes.contains(code);
+                if failed {
+                    metrics.error(ErrorKind::Status);
+                }
+                failed
+            }
             Outcome::NoResponse(kind) => {
                 metrics.no_response(kind);
                 true
             }
         };
         let now = self.now_ms();
-        let latency = matches!(outcome, Outcome::Response(_)).then_some(latency);
+        let latency = (!matches!(outcome, Outcome::NoResponse(_))).then_some(latency);
         table.windows[color.index()].record(now, failed, latency);
 
         // Successes cannot make a rollback due, so the healthy path stops here.

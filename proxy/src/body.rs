@@ -4,13 +4,16 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::accounting::Outcome;
 use crate::config::Color;
 use crate::metrics::ErrorKind;
+use crate::route::RouteTable;
 use crate::runtime::Runtime;
 use crate::upstream::Lease;
 
@@ -30,16 +33,43 @@ pub struct Streamed {
     /// Counts a reset mid-body against `color`.
     runtime: Arc<Runtime>,
     color: Color,
+    /// A gRPC response's accounting, done when its `grpc-status` trailer arrives.
+    pending: Option<Pending>,
+}
+
+/// What deferred accounting needs: the table the request was routed by, and the latency to
+/// the response headers.
+pub struct Pending {
+    /// The routing table of the request.
+    pub table: Arc<RouteTable>,
+    /// Time to the response headers.
+    pub latency: Duration,
+}
+
+impl Streamed {
+    fn settle(&mut self, outcome: Outcome) {
+        if let Some(p) = self.pending.take() {
+            self.runtime
+                .account(&p.table, self.color, outcome, p.latency);
+        }
+    }
 }
 
 impl ResponseBody {
-    /// Streams `body` from `color`'s upstream.
-    pub fn upstream(body: Incoming, lease: Lease, runtime: Arc<Runtime>, color: Color) -> Self {
+    /// Streams `body` from `color`'s upstream; `pending` is a gRPC exchange still to account.
+    pub fn upstream(
+        body: Incoming,
+        lease: Lease,
+        runtime: Arc<Runtime>,
+        color: Color,
+        pending: Option<Pending>,
+    ) -> Self {
         ResponseBody::Upstream(Streamed {
             body,
             lease: Some(lease),
             runtime,
             color,
+            pending,
         })
     }
 
@@ -61,10 +91,24 @@ impl Body for ResponseBody {
             ResponseBody::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
             ResponseBody::Upstream(s) => {
                 let polled = Pin::new(&mut s.body).poll_frame(cx);
-                if let Poll::Ready(Some(Err(_))) = &polled {
-                    // The client sees the error as a broken stream, never a clean end.
-                    s.runtime.metrics.color(s.color).error(ErrorKind::Reset);
-                    s.lease = None;
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(trailers) = frame.trailers_ref() {
+                            s.settle(Outcome::Grpc(crate::proxy::grpc_status(trailers)));
+                        }
+                    }
+                    // A gRPC stream must end with a status; ending without one is a fault.
+                    Poll::Ready(None) => s.settle(Outcome::NoResponse(ErrorKind::Reset)),
+                    Poll::Ready(Some(Err(_))) => {
+                        // The client sees the error as a broken stream, never a clean end.
+                        s.lease = None;
+                        if s.pending.is_some() {
+                            s.settle(Outcome::NoResponse(ErrorKind::Reset));
+                        } else {
+                            s.runtime.metrics.color(s.color).error(ErrorKind::Reset);
+                        }
+                    }
+                    Poll::Pending => {}
                 }
                 polled
             }
@@ -89,6 +133,8 @@ impl Body for ResponseBody {
 
 impl Drop for Streamed {
     fn drop(&mut self) {
+        // The client went away before the status: not the upstream's fault.
+        self.settle(Outcome::Response(200));
         // Only a connection whose response was read to the end can carry another request.
         if let Some(lease) = self.lease.take()
             && self.body.is_end_stream()

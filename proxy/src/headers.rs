@@ -1,5 +1,6 @@
 //! Header rewriting at the proxy boundary: hop-by-hop headers removed both ways (RFC 9110
-//! §7.6.1), `X-Forwarded-*` and `Via` added, the request put in origin form for HTTP/1.1.
+//! §7.6.1), `X-Forwarded-*` and `Via` added, and the request put in the form the upstream's
+//! protocol wants (origin form and `Host` for HTTP/1.1, `:authority` for HTTP/2).
 
 use std::net::IpAddr;
 
@@ -7,8 +8,10 @@ use http::header::{
     CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
     TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
 };
-use http::uri::{PathAndQuery, Uri};
-use http::{HeaderMap, Version, request, response};
+use http::uri::{Authority, PathAndQuery, Scheme as UriScheme, Uri};
+use http::{HeaderMap, Request, Version, request, response};
+
+use crate::config::UpstreamAddr;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -34,10 +37,16 @@ impl Scheme {
     }
 }
 
-/// Rewrites a client request's head for the upstream.
+/// Rewrites a client request's head for the upstream, whatever its protocol.
 pub fn to_upstream(head: &mut request::Parts, client: IpAddr, scheme: Scheme) {
     let via = via_value(head.version);
+    // `TE: trailers` is the one TE an HTTP/2 upstream must see (gRPC requires it).
+    let te_trailers = head.headers.get(TE).is_some_and(|v| v == "trailers");
     strip_hop_by_hop(&mut head.headers);
+    if te_trailers {
+        head.headers
+            .insert(TE, HeaderValue::from_static("trailers"));
+    }
 
     let host = match head.headers.get(HOST) {
         Some(host) => host.clone(),
@@ -60,16 +69,48 @@ pub fn to_upstream(head: &mut request::Parts, client: IpAddr, scheme: Scheme) {
     append_forwarded_for(&mut head.headers, client);
     head.headers.insert(&X_FORWARDED_PROTO, scheme.value());
     append(&mut head.headers, VIA, via);
+}
 
-    if head.uri.scheme().is_some() || head.uri.authority().is_some() {
-        let path = head
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        head.uri = Uri::from(path);
+/// Puts a request in HTTP/1.1 form: origin-form target, `Host` header, no `TE`.
+pub fn for_http1<B>(req: &mut Request<B>) {
+    req.headers_mut().remove(TE);
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        if !req.headers().contains_key(HOST)
+            && let Some(Ok(host)) = req
+                .uri()
+                .authority()
+                .map(|a| HeaderValue::from_str(a.as_str()))
+        {
+            req.headers_mut().insert(HOST, host);
+        }
+        *req.uri_mut() = Uri::from(path_of(req.uri()));
     }
-    head.version = Version::HTTP_11;
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// Puts a request in HTTP/2 form: `http://HOST/path` (the client's host, else the upstream's)
+/// becomes `:scheme`, `:authority` and `:path`; no `Host` header.
+pub fn for_h2<B>(req: &mut Request<B>, upstream: &UpstreamAddr) {
+    let authority = req
+        .headers_mut()
+        .remove(HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| req.uri().authority().cloned())
+        .unwrap_or_else(|| upstream.authority.clone());
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(UriScheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path_of(req.uri()));
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_2;
+}
+
+fn path_of(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 /// Rewrites an upstream response's head for the client.
@@ -178,6 +219,9 @@ mod tests {
             .unwrap();
         let (mut head, ()) = req.into_parts();
         to_upstream(&mut head, "10.0.0.9".parse().unwrap(), Scheme::Http);
+        let mut req = Request::from_parts(head, ());
+        for_http1(&mut req);
+        let (head, ()) = req.into_parts();
         let h = &head.headers;
         for gone in [
             "connection",
@@ -214,8 +258,35 @@ mod tests {
         assert_eq!(head.headers["x-forwarded-for"], "127.0.0.1");
         assert_eq!(head.headers["x-forwarded-proto"], "https");
         assert_eq!(head.headers["via"], "2 canary-proxy");
-        assert_eq!(head.uri, "/x");
-        assert_eq!(head.version, Version::HTTP_11);
+        let mut req = Request::from_parts(head, ());
+        for_http1(&mut req);
+        assert_eq!(req.uri(), "/x");
+        assert_eq!(req.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn h2_upstream_form_keeps_te_trailers_and_moves_host_to_authority() {
+        let req = Request::post("/pkg.Svc/Call")
+            .header("host", "grpc.example")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (mut head, ()) = req.into_parts();
+        to_upstream(&mut head, "10.0.0.1".parse().unwrap(), Scheme::Http);
+        let mut req = Request::from_parts(head, ());
+        let upstream = UpstreamAddr {
+            authority: "10.1.1.1:50051".parse().unwrap(),
+        };
+        for_h2(&mut req, &upstream);
+        assert_eq!(req.uri(), "http://grpc.example/pkg.Svc/Call");
+        assert_eq!(req.version(), Version::HTTP_2);
+        assert!(!req.headers().contains_key("host"));
+        assert_eq!(req.headers()["te"], "trailers");
+        // And back, when a request that never left is re-sent to an HTTP/1.1 stable.
+        for_http1(&mut req);
+        assert_eq!(req.uri(), "/pkg.Svc/Call");
+        assert_eq!(req.headers()["host"], "grpc.example");
+        assert!(!req.headers().contains_key("te"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! The modules, in the order a request meets them:
 //!
-//! - [`listener`]: accepts connections and serves HTTP/1.1 and HTTP/2 on them, with limits.
+//! - [`listener`]: accepts connections and serves HTTP/1.1 and HTTP/2 on them, with limits;
+//!   [`tls`] terminates TLS with a certificate that follows its files.
 //! - [`proxy`]: one request's path through the phases below.
 //! - [`route`]: route choice, from the [`RouteTable`](route::RouteTable) snapshot.
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*` and `Via`.
@@ -32,4 +33,5 @@ pub mod proxy;
 pub mod rollback;
 pub mod route;
 pub mod runtime;
+pub mod tls;
 pub mod upstream;

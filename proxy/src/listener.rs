@@ -1,5 +1,6 @@
-//! The data listener: accepts connections, serves HTTP/1.1 and HTTP/2 (prior knowledge) on
-//! each with the protocol limits set, and drains them on shutdown.
+//! The data listener: accepts connections (cleartext, or TLS with ALPN), serves HTTP/1.1 and
+//! HTTP/2 on each with the protocol limits set, passes upgrades through, and drains them on
+//! shutdown.
 
 use std::future::Future;
 use std::io;
@@ -11,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::headers::Scheme;
@@ -42,16 +44,18 @@ impl Default for Limits {
     }
 }
 
-/// Serves `listener` until `shutdown` resolves, then lets open connections finish for up to
-/// `drain_timeout`: idle HTTP/1.1 connections are closed, HTTP/2 ones get GOAWAY.
+/// Serves `listener` (over TLS when `tls` is set) until `shutdown` resolves, then lets open
+/// connections finish for up to `drain_timeout`: idle HTTP/1.1 connections are closed,
+/// HTTP/2 ones get GOAWAY.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     runtime: Arc<Runtime>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) {
-    let builder = builder(limits);
+    let builder = Arc::new(builder(limits));
     let graceful = GracefulShutdown::new();
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
@@ -71,14 +75,25 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let runtime = runtime.clone();
-        let service =
-            service_fn(move |req| proxy::handle(runtime.clone(), peer, Scheme::Http, req));
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let Some(tls) = tls.clone() else {
+            let service =
+                service_fn(move |req| proxy::handle(runtime.clone(), peer, Scheme::Http, req));
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::spawn(finish(watcher.watch(conn.into_owned()), peer));
+            continue;
+        };
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "client connection ended with an error");
-            }
+            let handshake = tokio::time::timeout(limits.header_read_timeout, tls.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return debug!(%peer, "TLS handshake timed out"),
+            };
+            let service =
+                service_fn(move |req| proxy::handle(runtime.clone(), peer, Scheme::Https, req));
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            finish(watcher.watch(conn.into_owned()), peer).await;
         });
     }
     drop(listener);
@@ -89,6 +104,15 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => info!("all connections drained"),
         () = tokio::time::sleep(drain_timeout) => warn!(?drain_timeout, "drain timeout reached, closing the remaining connections"),
+    }
+}
+
+async fn finish<E: std::fmt::Display>(
+    conn: impl Future<Output = Result<(), E>>,
+    peer: std::net::SocketAddr,
+) {
+    if let Err(e) = conn.await {
+        debug!(%peer, error = %e, "client connection ended with an error");
     }
 }
 

@@ -17,6 +17,7 @@ use canary_proxy::config::{parse_duration, watch as config_watch};
 use canary_proxy::listener::{self, Limits};
 use canary_proxy::metrics::Metrics;
 use canary_proxy::runtime::Runtime;
+use canary_proxy::tls::Certificates;
 
 /// A blue/green traffic-splitting reverse proxy with rollback in the data path.
 #[derive(Parser, Debug)]
@@ -43,6 +44,12 @@ struct Args {
         default_value = "0.0.0.0:9090"
     )]
     admin_listen: SocketAddr,
+    /// PEM certificate chain for HTTPS on the data listener (with --tls-key).
+    #[arg(long, env = "CANARY_PROXY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "CANARY_PROXY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "CANARY_PROXY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -111,6 +118,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config_watch::load(&runtime, &path)
         .with_context(|| format!("no usable configuration at {}", path.display()))?;
 
+    let certificates = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(Certificates::load(cert, key).context("cannot use the TLS certificate")?)
+        }
+        _ => None,
+    };
     let data = bind(args.listen, "data").await?;
     let admin_listener = bind(args.admin_listen, "admin").await?;
 
@@ -129,6 +142,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         path,
         stopped(stop_rx.clone()),
     ));
+    let tls = certificates.map(|certs| {
+        tokio::spawn(certs.clone().follow(stopped(stop_rx.clone())));
+        certs.acceptor()
+    });
 
     let shutdown = {
         let runtime = runtime.clone();
@@ -140,6 +157,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     listener::serve(
         data,
+        tls,
         runtime.clone(),
         Limits::default(),
         shutdown,

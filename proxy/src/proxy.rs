@@ -1,19 +1,22 @@
 //! One request's way through the proxy, in order: route choice, header rewrite, the upstream
 //! exchange, response accounting (which may trip the rollback), and the failover of a request
-//! that never reached the canary.
+//! that never reached the canary. Upgraded connections (WebSocket) become a byte tunnel to the
+//! color that accepted them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{CONTENT_TYPE, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, UPGRADE};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::accounting::Outcome;
-use crate::body::ResponseBody;
+use crate::body::{Pending, ResponseBody};
 use crate::config::Color;
 use crate::headers::{self, Scheme};
 use crate::metrics::ErrorKind;
@@ -25,18 +28,25 @@ pub async fn handle(
     runtime: Arc<Runtime>,
     peer: SocketAddr,
     scheme: Scheme,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let Some(table) = runtime.routes().clone() else {
+    let Some(table) = (*runtime.routes()).clone() else {
         return Ok(local(
             StatusCode::SERVICE_UNAVAILABLE,
             "no configuration loaded yet\n",
         ));
     };
     let color = table.choose(req.headers());
+    let upgrade = upgrade_of(&mut req);
     let (mut head, body) = req.into_parts();
     headers::to_upstream(&mut head, peer.ip(), scheme);
-    Ok(forward(runtime, &table, color, Request::from_parts(head, body)).await)
+    if let Some((protocol, _)) = &upgrade {
+        head.headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        head.headers.insert(UPGRADE, protocol.clone());
+    }
+    let req = Request::from_parts(head, body);
+    Ok(forward(runtime, &table, color, req, upgrade.map(|(_, on)| on)).await)
 }
 
 /// Sends `req` to `color`, and to stable instead if it could not reach the canary.
@@ -45,27 +55,54 @@ async fn forward(
     table: &Arc<RouteTable>,
     mut color: Color,
     mut req: Request<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
 ) -> Response<ResponseBody> {
     let config = &table.config;
     loop {
         let started = Instant::now();
         let upstream = &table.upstreams[color.index()];
         let failure = match upstream.send(req, config.timeouts).await {
-            Ok((response, lease)) => {
-                let status = response.status();
-                runtime.account(
-                    table,
-                    color,
-                    Outcome::Response(status.as_u16()),
-                    started.elapsed(),
-                );
+            Ok((mut response, lease)) => {
+                let latency = started.elapsed();
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let Some(client) = client_upgrade else {
+                        runtime.account(
+                            table,
+                            color,
+                            Outcome::NoResponse(ErrorKind::Reset),
+                            latency,
+                        );
+                        return local(
+                            StatusCode::BAD_GATEWAY,
+                            "the upstream switched protocols unasked\n",
+                        );
+                    };
+                    runtime.account(table, color, Outcome::Response(101), latency);
+                    tokio::spawn(tunnel(client, hyper::upgrade::on(&mut response)));
+                    return switching_protocols(response);
+                }
+                let pending = match grpc_outcome(&response) {
+                    Some(GrpcOutcome::Trailers) => Some(Pending {
+                        table: table.clone(),
+                        latency,
+                    }),
+                    Some(GrpcOutcome::Status(code)) => {
+                        runtime.account(table, color, Outcome::Grpc(code), latency);
+                        None
+                    }
+                    None => {
+                        let status = response.status().as_u16();
+                        runtime.account(table, color, Outcome::Response(status), latency);
+                        None
+                    }
+                };
                 let (mut head, body) = response.into_parts();
                 headers::to_client(&mut head);
                 if let Some(name) = &config.response_color_header {
                     head.headers
                         .insert(name.clone(), HeaderValue::from_static(color.as_str()));
                 }
-                let body = ResponseBody::upstream(body, lease, runtime, color);
+                let body = ResponseBody::upstream(body, lease, runtime, color, pending);
                 return Response::from_parts(head, body);
             }
             Err(failure) => failure,
@@ -87,6 +124,82 @@ async fn forward(
             _ => return error_response(failure.kind, color),
         }
     }
+}
+
+/// An HTTP/1.1 request asking to switch protocols: the protocol, and the client side of the
+/// connection once it is handed over.
+fn upgrade_of(req: &mut Request<Incoming>) -> Option<(HeaderValue, OnUpgrade)> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let protocol = req.headers().get(UPGRADE)?.clone();
+    let asks = req
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| (protocol, hyper::upgrade::on(req)))
+}
+
+/// The 101 for the client, carrying the upstream's choice of protocol.
+fn switching_protocols(response: Response<Incoming>) -> Response<ResponseBody> {
+    let (mut head, _) = response.into_parts();
+    let protocol = head.headers.get(UPGRADE).cloned();
+    headers::to_client(&mut head);
+    head.headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(protocol) = protocol {
+        head.headers.insert(UPGRADE, protocol);
+    }
+    Response::from_parts(head, ResponseBody::Local(None))
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections until either
+/// side closes.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+    let (client, upstream) = tokio::join!(client, upstream);
+    let (Ok(client), Ok(upstream)) = (client, upstream) else {
+        debug!("upgrade did not complete");
+        return;
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        debug!(error = %e, "tunnel ended");
+    }
+}
+
+enum GrpcOutcome {
+    /// The status will come in the trailers.
+    Trailers,
+    /// A trailers-only response: the status is in the headers.
+    Status(u32),
+}
+
+fn grpc_outcome(response: &Response<Incoming>) -> Option<GrpcOutcome> {
+    let grpc = response.status() == StatusCode::OK
+        && response
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc {
+        return None;
+    }
+    Some(if response.headers().contains_key("grpc-status") {
+        GrpcOutcome::Status(grpc_status(response.headers()))
+    } else {
+        GrpcOutcome::Trailers
+    })
+}
+
+/// The `grpc-status` in `headers`; a missing or unreadable one is UNKNOWN (2), as gRPC says.
+pub fn grpc_status(headers: &HeaderMap) -> u32 {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
 }
 
 fn error_response(kind: ErrorKind, color: Color) -> Response<ResponseBody> {

@@ -205,10 +205,10 @@ impl Runtime {
 /// (so a reload does not erase the evidence) and equal upstreams (so their pools stay warm).
 fn build_table(config: Config, revision: &str, previous: Option<&RouteTable>) -> RouteTable {
     let upstreams = Color::ALL.map(|color| {
-        let addr = config.upstream(color);
+        let (addr, protocol) = (config.upstream(color), config.protocol(color));
         match previous.map(|p| &p.upstreams[color.index()]) {
-            Some(up) if up.addr == *addr => up.clone(),
-            _ => Arc::new(Upstream::new(addr.clone())),
+            Some(up) if up.addr == *addr && up.protocol == protocol => up.clone(),
+            _ => Arc::new(Upstream::new(addr.clone(), protocol)),
         }
     });
     let window = config.rollback.window;

@@ -1,9 +1,10 @@
-//! Upstream: HTTP/1.1 keep-alive connections to one color, pooled per thread.
+//! Upstream: connections to one color, pooled per thread. HTTP/1.1 keep-alive connections are
+//! lent to one exchange at a time; an HTTP/2 (h2c) connection is shared by many streams.
 //!
-//! The pool is thread-local: taking and returning a connection is a `Vec` pop and push on the
-//! current thread, with no lock and no atomic contention between workers. A connection goes
-//! back to the pool only when its response body has been read to the end, so an idle
-//! connection is always ready for the next request.
+//! The pools are thread-local: taking and returning a connection is a `Vec` pop and push on
+//! the current thread, with no lock and no atomic contention between workers. An HTTP/1.1
+//! connection goes back to the pool only when its response body has been read to the end, so
+//! an idle connection is always ready for the next request.
 
 use std::cell::RefCell;
 use std::io;
@@ -12,31 +13,34 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{Builder, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::config::{Timeouts, UpstreamAddr};
+use crate::config::{Protocol, Timeouts, UpstreamAddr};
+use crate::headers;
 use crate::metrics::ErrorKind;
 
 /// How long an idle pooled connection is kept. Shorter than the keep-alive timeout of common
 /// upstream servers (Node.js closes after 5 s), so the proxy rarely writes a request to a
 /// connection that the upstream is closing at that moment.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-/// Idle connections kept per upstream per thread.
+/// Idle HTTP/1.1 connections kept per upstream per thread.
 const MAX_IDLE: usize = 256;
-/// Fresh attempts after a pooled connection turned out to be closed before the request left.
-const STALE_RETRIES: usize = 3;
+/// Attempts when a pooled connection turns out to be closed before the request left.
+const ATTEMPTS: usize = 3;
 
 /// One color's upstream.
 #[derive(Debug)]
 pub struct Upstream {
     /// Where it is.
     pub addr: UpstreamAddr,
+    /// How to talk to it.
+    pub protocol: Protocol,
     /// The address, if the host is an IP literal (no DNS lookup per connection).
     literal: Option<SocketAddr>,
-    /// Pool key: the same upstream address shares idle connections across config reloads.
+    /// Pool key: the same upstream shares idle connections across config reloads.
     key: u64,
 }
 
@@ -51,83 +55,80 @@ pub struct Failure {
     pub request: Option<Request<Incoming>>,
 }
 
-/// A connection lent to one exchange; returned to the pool when the response is complete.
-pub struct Lease {
-    sender: SendRequest<Incoming>,
-    key: u64,
-}
+/// An HTTP/1.1 connection lent to one exchange, returned to the pool when the response is
+/// complete. HTTP/2 exchanges need none: their connection is shared.
+#[derive(Default)]
+pub struct Lease(Option<(http1::SendRequest<Incoming>, u64)>);
 
 impl Lease {
     /// Puts the connection back into this thread's pool.
     pub fn release(self) {
-        if !self.sender.is_closed() {
-            put(self.key, self.sender);
+        if let Some((sender, key)) = self.0
+            && !sender.is_closed()
+        {
+            put(key, sender);
         }
     }
 }
 
 impl Upstream {
-    /// An upstream at `addr`.
-    pub fn new(addr: UpstreamAddr) -> Upstream {
+    /// An upstream at `addr` spoken to with `protocol`.
+    pub fn new(addr: UpstreamAddr, protocol: Protocol) -> Upstream {
         let literal = addr
             .host()
             .parse::<IpAddr>()
             .ok()
             .map(|ip| SocketAddr::new(ip, addr.port()));
-        let key = crate::route::stable_hash(addr.authority.as_str().as_bytes());
-        Upstream { addr, literal, key }
+        let mut key = crate::route::stable_hash(addr.authority.as_str().as_bytes());
+        if protocol == Protocol::H2c {
+            key = !key;
+        }
+        Upstream {
+            addr,
+            protocol,
+            literal,
+            key,
+        }
     }
 
     /// Sends `req` and waits for the response headers.
     pub async fn send(
         &self,
+        req: Request<Incoming>,
+        timeouts: Timeouts,
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
+        match self.protocol {
+            Protocol::Http1 => self.send_http1(req, timeouts).await,
+            Protocol::H2c => self.send_h2(req, timeouts).await,
+        }
+    }
+
+    async fn send_http1(
+        &self,
         mut req: Request<Incoming>,
         timeouts: Timeouts,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
-        for _ in 0..STALE_RETRIES {
+        headers::for_http1(&mut req);
+        for _ in 0..ATTEMPTS {
             let (mut sender, pooled) = match take(self.key) {
                 Some(sender) => (sender, true),
-                None => match self.connect(timeouts.connect).await {
+                None => match self.connect_http1(timeouts.connect).await {
                     Ok(sender) => (sender, false),
-                    Err((kind, error)) => {
-                        return Err(Failure {
-                            kind,
-                            error,
-                            request: Some(req),
-                        });
-                    }
+                    Err(e) => return Err(e.with_request(req)),
                 },
             };
             let sent = tokio::time::timeout(timeouts.request, sender.try_send_request(req)).await;
             match sent {
-                Ok(Ok(response)) => {
-                    let lease = Lease {
-                        sender,
-                        key: self.key,
-                    };
-                    return Ok((response, lease));
-                }
+                Ok(Ok(response)) => return Ok((response, Lease(Some((sender, self.key))))),
                 Ok(Err(mut e)) => match e.take_message() {
                     // The connection closed before the request was written: try another.
                     Some(unsent) if pooled => {
                         debug!(upstream = %self.addr, "pooled connection was closed, retrying");
                         req = unsent;
                     }
-                    unsent => {
-                        return Err(Failure {
-                            kind: ErrorKind::Reset,
-                            error: e.into_error().to_string(),
-                            request: unsent,
-                        });
-                    }
+                    unsent => return Err(exchange_failure(e.into_error(), unsent)),
                 },
-                Err(_) => {
-                    return Err(Failure {
-                        kind: ErrorKind::Timeout,
-                        error: format!("no response within {:?}", timeouts.request),
-                        request: None,
-                    });
-                }
+                Err(_) => return Err(timeout(timeouts.request)),
             }
         }
         Err(Failure {
@@ -137,34 +138,103 @@ impl Upstream {
         })
     }
 
-    async fn connect(
+    async fn send_h2(
+        &self,
+        mut req: Request<Incoming>,
+        timeouts: Timeouts,
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
+        headers::for_h2(&mut req, &self.addr);
+        for _ in 0..ATTEMPTS {
+            let mut sender = match take_h2(self.key) {
+                Some(sender) => sender,
+                None => match self.connect_h2(timeouts.connect).await {
+                    Ok(sender) => {
+                        put_h2(self.key, sender.clone());
+                        sender
+                    }
+                    Err(e) => return Err(e.with_request(req)),
+                },
+            };
+            let exchange = async {
+                // Waits for a free stream when the upstream's concurrency limit is reached.
+                if let Err(e) = sender.ready().await {
+                    return Err((e, Some(req)));
+                }
+                sender.try_send_request(req).await.map_err(|mut e| {
+                    let unsent = e.take_message();
+                    (e.into_error(), unsent)
+                })
+            };
+            match tokio::time::timeout(timeouts.request, exchange).await {
+                Ok(Ok(response)) => return Ok((response, Lease::default())),
+                Ok(Err((_, Some(unsent)))) => {
+                    drop_h2(self.key);
+                    req = unsent;
+                }
+                Ok(Err((e, None))) => return Err(exchange_failure(e, None)),
+                Err(_) => return Err(timeout(timeouts.request)),
+            }
+        }
+        Err(Failure {
+            kind: ErrorKind::Reset,
+            error: "the HTTP/2 connection kept closing".into(),
+            request: Some(req),
+        })
+    }
+
+    async fn connect_http1(
         &self,
         timeout: Duration,
-    ) -> Result<SendRequest<Incoming>, (ErrorKind, String)> {
-        let stream = tokio::time::timeout(timeout, self.dial())
-            .await
-            .map_err(|_| {
-                (
-                    ErrorKind::Timeout,
-                    format!("connect timed out after {timeout:?}"),
-                )
-            })?
-            .map_err(|e| (ErrorKind::Connect, e.to_string()))?;
-        // Responses are small and latency matters more than segment count.
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = Builder::new()
+    ) -> Result<http1::SendRequest<Incoming>, ConnectError> {
+        let stream = self.dial(timeout).await?;
+        let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| (ErrorKind::Connect, e.to_string()))?;
+            .map_err(|e| ConnectError(ErrorKind::Connect, e.to_string()))?;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // Upgrades (WebSocket) take the connection over after a 101.
+            if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "upstream connection ended");
             }
         });
         Ok(sender)
     }
 
-    async fn dial(&self) -> io::Result<TcpStream> {
+    async fn connect_h2(
+        &self,
+        timeout: Duration,
+    ) -> Result<http2::SendRequest<Incoming>, ConnectError> {
+        let stream = self.dial(timeout).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError(ErrorKind::Connect, e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream h2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn dial(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
+        let stream = tokio::time::timeout(timeout, self.resolve_and_connect())
+            .await
+            .map_err(|_| {
+                ConnectError(
+                    ErrorKind::Timeout,
+                    format!("connect timed out after {timeout:?}"),
+                )
+            })?
+            .map_err(|e| ConnectError(ErrorKind::Connect, e.to_string()))?;
+        // Responses are small and latency matters more than segment count.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn resolve_and_connect(&self) -> io::Result<TcpStream> {
         if let Some(addr) = self.literal {
             return TcpStream::connect(addr).await;
         }
@@ -179,17 +249,48 @@ impl Upstream {
     }
 }
 
+/// A connection that could not be established: the request never left.
+struct ConnectError(ErrorKind, String);
+
+impl ConnectError {
+    fn with_request(self, request: Request<Incoming>) -> Failure {
+        Failure {
+            kind: self.0,
+            error: self.1,
+            request: Some(request),
+        }
+    }
+}
+
+fn exchange_failure(error: hyper::Error, unsent: Option<Request<Incoming>>) -> Failure {
+    Failure {
+        kind: ErrorKind::Reset,
+        error: error.to_string(),
+        request: unsent,
+    }
+}
+
+fn timeout(after: Duration) -> Failure {
+    Failure {
+        kind: ErrorKind::Timeout,
+        error: format!("no response within {after:?}"),
+        request: None,
+    }
+}
+
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: http1::SendRequest<Incoming>,
     since: Instant,
 }
 
 thread_local! {
-    /// This thread's idle connections, per pool key. Few keys (one per color), so a Vec.
+    /// This thread's idle HTTP/1.1 connections, per pool key. Few keys, so a Vec.
     static POOL: RefCell<Vec<(u64, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's shared HTTP/2 connection, per pool key.
+    static H2: RefCell<Vec<(u64, http2::SendRequest<Incoming>)>> = const { RefCell::new(Vec::new()) };
 }
 
-fn take(key: u64) -> Option<SendRequest<Incoming>> {
+fn take(key: u64) -> Option<http1::SendRequest<Incoming>> {
     POOL.with_borrow_mut(|pool| {
         let idle = &mut pool.iter_mut().find(|(k, _)| *k == key)?.1;
         // Most recently used first: it is the one least likely to have been closed.
@@ -202,7 +303,7 @@ fn take(key: u64) -> Option<SendRequest<Incoming>> {
     })
 }
 
-fn put(key: u64, sender: SendRequest<Incoming>) {
+fn put(key: u64, sender: http1::SendRequest<Incoming>) {
     POOL.with_borrow_mut(|pool| {
         let idle = match pool.iter().position(|(k, _)| *k == key) {
             Some(i) => &mut pool[i].1,
@@ -223,4 +324,26 @@ fn put(key: u64, sender: SendRequest<Incoming>) {
             since: Instant::now(),
         });
     });
+}
+
+fn take_h2(key: u64) -> Option<http2::SendRequest<Incoming>> {
+    H2.with_borrow_mut(|conns| {
+        let i = conns.iter().position(|(k, _)| *k == key)?;
+        if conns[i].1.is_closed() {
+            conns.swap_remove(i);
+            return None;
+        }
+        Some(conns[i].1.clone())
+    })
+}
+
+fn put_h2(key: u64, sender: http2::SendRequest<Incoming>) {
+    H2.with_borrow_mut(|conns| {
+        conns.retain(|(k, _)| *k != key);
+        conns.push((key, sender));
+    });
+}
+
+fn drop_h2(key: u64) {
+    H2.with_borrow_mut(|conns| conns.retain(|(k, _)| *k != key));
 }

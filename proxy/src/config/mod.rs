@@ -68,6 +68,8 @@ impl fmt::Display for Color {
 pub struct Config {
     /// Upstream address per color, indexed by [`Color::index`].
     pub upstreams: [UpstreamAddr; 2],
+    /// Protocol spoken to each color's upstream (`blue.protocol`, `green.protocol`).
+    pub protocols: [Protocol; 2],
     /// The color that takes the traffic the canary does not.
     pub stable: Color,
     /// Canary share, out of `weight_total` (NGINX `canary-weight`).
@@ -106,6 +108,11 @@ impl Config {
         &self.upstreams[color.index()]
     }
 
+    /// The protocol spoken to `color`'s upstream.
+    pub fn protocol(&self, color: Color) -> Protocol {
+        self.protocols[color.index()]
+    }
+
     /// Whether any request can reach the canary under this config.
     pub fn canary_reachable(&self) -> bool {
         self.weight > 0 || self.by_header.is_some() || self.by_cookie.is_some()
@@ -138,6 +145,15 @@ impl fmt::Display for UpstreamAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.authority.as_str())
     }
+}
+
+/// How the proxy talks to an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive, one request per connection at a time.
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge, multiplexed; needed for gRPC.
+    H2c,
 }
 
 /// `canary-by-header` with its optional exact value or pattern (NGINX semantics: with neither,
@@ -175,6 +191,19 @@ pub struct RollbackPolicy {
     pub window: Duration,
     /// `rollback.failure-statuses`.
     pub failure_statuses: StatusSet,
+    /// `rollback.grpc-failure-codes`: `grpc-status` values that count as failures.
+    pub grpc_failure_codes: GrpcCodes,
+}
+
+/// A set of gRPC status codes (0-16), as a bitmap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrpcCodes(pub u32);
+
+impl GrpcCodes {
+    /// Whether `code` is in the set; codes beyond 31 never are.
+    pub fn contains(&self, code: u32) -> bool {
+        code < 32 && self.0 & (1 << code) != 0
+    }
 }
 
 /// A set of HTTP status codes, as a bitmap over 100..=599.

@@ -7,12 +7,17 @@ use http::HeaderName;
 use http::uri::Authority;
 use regex::Regex;
 
-use super::{Color, Config, HeaderRule, RollbackPolicy, StatusSet, Sticky, Timeouts, UpstreamAddr};
+use super::{
+    Color, Config, GrpcCodes, HeaderRule, Protocol, RollbackPolicy, StatusSet, Sticky, Timeouts,
+    UpstreamAddr,
+};
 
 /// Every key the configuration knows, in DESIGN.md's order.
 pub const KEYS: &[&str] = &[
     "blue.upstream",
     "green.upstream",
+    "blue.protocol",
+    "green.protocol",
     "stable",
     "canary-weight",
     "canary-weight-total",
@@ -26,6 +31,7 @@ pub const KEYS: &[&str] = &[
     "rollback.min-requests",
     "rollback.window",
     "rollback.failure-statuses",
+    "rollback.grpc-failure-codes",
     "retry.canary-connect-failure",
     "timeout.connect",
     "timeout.request",
@@ -117,6 +123,10 @@ pub(super) fn parse(data: &BTreeMap<String, String>) -> Result<Config, ConfigErr
         upstream(&keys, "blue.upstream")?,
         upstream(&keys, "green.upstream")?,
     ];
+    let protocols = [
+        keys.parse_or("blue.protocol", Protocol::Http1, protocol)?,
+        keys.parse_or("green.protocol", Protocol::Http1, protocol)?,
+    ];
     let stable = keys.parse_or("stable", Color::Blue, |v| match v {
         "blue" => Ok(Color::Blue),
         "green" => Ok(Color::Green),
@@ -160,6 +170,11 @@ pub(super) fn parse(data: &BTreeMap<String, String>) -> Result<Config, ConfigErr
             status_set("5xx").expect("the default parses"),
             status_set,
         )?,
+        grpc_failure_codes: keys.parse_or(
+            "rollback.grpc-failure-codes",
+            GrpcCodes(0x1_fffe),
+            grpc_codes,
+        )?,
     };
     let timeouts = Timeouts {
         connect: keys.parse_or("timeout.connect", Duration::from_secs(1), positive_duration)?,
@@ -172,6 +187,7 @@ pub(super) fn parse(data: &BTreeMap<String, String>) -> Result<Config, ConfigErr
 
     Ok(Config {
         upstreams,
+        protocols,
         stable,
         weight,
         weight_total,
@@ -239,6 +255,37 @@ fn parse_upstream(value: &str) -> Result<UpstreamAddr, String> {
         (None, None) => return Err("has no port: write `host:port`".into()),
     };
     Ok(UpstreamAddr { authority })
+}
+
+fn protocol(v: &str) -> Result<Protocol, String> {
+    match v {
+        "http1" => Ok(Protocol::Http1),
+        "h2c" => Ok(Protocol::H2c),
+        _ => Err("must be `http1` or `h2c`".into()),
+    }
+}
+
+/// Parses `2,4,13-15`: gRPC status codes 0-16 and ranges of them.
+fn grpc_codes(v: &str) -> Result<GrpcCodes, String> {
+    let code = |s: &str| match s.trim().parse::<u32>() {
+        Ok(c) if c <= 16 => Ok(c),
+        _ => Err(format!(
+            "has `{}`, which is not a gRPC status code (0-16)",
+            s.trim()
+        )),
+    };
+    let mut set = 0u32;
+    for item in v.split(',') {
+        let (from, to) = match item.split_once('-') {
+            Some((a, b)) => (code(a)?, code(b)?),
+            None => (code(item)?, code(item)?),
+        };
+        if from > to {
+            return Err(format!("has the empty range `{}`", item.trim()));
+        }
+        (from..=to).for_each(|c| set |= 1 << c);
+    }
+    Ok(GrpcCodes(set))
 }
 
 fn header_rule(keys: &Keys<'_>) -> Result<Option<HeaderRule>, ConfigError> {

@@ -1,9 +1,17 @@
 //! The rollback rule: pure arithmetic on the two colors' window counts.
 //!
 //! A canary is rolled back when it has at least `min-requests` requests in the window, its
-//! failure rate `p_c` exceeds `max-error-rate` (call it `t`), **and** the failures are not a
-//! fault that stable shares. Moving traffic away from a fault both colors have (a database they
-//! both use, say) helps no user and kills a good release, so stable is asked for an alibi:
+//! failure rate `p_c` exceeds `max-error-rate` (call it `t`) beyond chance, **and** the
+//! failures are not a fault that stable shares.
+//!
+//! "Beyond chance": the lower bound of `p_c`'s 99 % one-sided Wilson interval must exceed `t`.
+//! A canary failing 2 % of the time shows 2 failures in its first 20 requests one time in 17;
+//! that is 10 %, but not evidence of anything above 5 %. With many requests the bound closes
+//! on `p_c` itself (at 30,000 canary requests in the window a 6 % rate trips a 5 % threshold);
+//! with few, only a clear excess trips it (20 failures of 20 do, at the 20th request).
+//!
+//! Moving traffic away from a fault both colors have (a database they both use, say) helps no
+//! user and kills a good release, so stable is asked for an alibi:
 //!
 //! - For stable to "share" the fault it would need a failure rate of at least `p_c - t`.
 //! - From stable's own window (`f_s` failures in `n_s` requests) we take the upper bound `U` of
@@ -57,10 +65,12 @@ pub fn decide(canary: Counts, stable: Counts, max_error_rate: f64, min_requests:
     if canary.requests < min_requests {
         return Verdict::Insufficient;
     }
-    let excess = canary.failure_rate() - max_error_rate;
-    if excess <= 0.0 {
+    // The canary's rate must be above the threshold beyond chance, not merely in the point
+    // estimate: at 2 % true failures, 2 of the first 20 requests failing is 10 %.
+    if wilson_lower(canary.failures, canary.requests) <= max_error_rate {
         return Verdict::Healthy;
     }
+    let excess = canary.failure_rate() - max_error_rate;
     let threshold_only = wilson_upper(0, stable.requests) >= excess;
     if threshold_only || wilson_upper(stable.failures, stable.requests) < excess {
         Verdict::RollBack(Evidence {
@@ -75,15 +85,28 @@ pub fn decide(canary: Counts, stable: Counts, max_error_rate: f64, min_requests:
 
 /// Upper bound of the Wilson score interval for `failures` out of `n`; 1 when `n` is 0.
 fn wilson_upper(failures: u64, n: u64) -> f64 {
+    wilson(failures, n).1
+}
+
+/// Lower bound of the Wilson score interval for `failures` out of `n`; 0 when `n` is 0.
+fn wilson_lower(failures: u64, n: u64) -> f64 {
+    wilson(failures, n).0
+}
+
+fn wilson(failures: u64, n: u64) -> (f64, f64) {
     if n == 0 {
-        return 1.0;
+        return (0.0, 1.0);
     }
     let n = n as f64;
     let p = failures as f64 / n;
     let z2 = Z * Z;
     let centre = p + z2 / (2.0 * n);
     let spread = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    ((centre + spread) / (1.0 + z2 / n)).min(1.0)
+    let scale = 1.0 + z2 / n;
+    (
+        ((centre - spread) / scale).max(0.0),
+        ((centre + spread) / scale).min(1.0),
+    )
 }
 
 #[cfg(test)]

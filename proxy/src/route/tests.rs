@@ -20,7 +20,12 @@ fn table(pairs: &[(&str, &str)]) -> RouteTable {
     let config = Config::from_map(&data).unwrap();
     let window = config.rollback.window;
     RouteTable {
-        upstreams: Color::ALL.map(|c| Arc::new(Upstream::new(config.upstream(c).clone()))),
+        upstreams: Color::ALL.map(|c| {
+            Arc::new(Upstream::new(
+                config.upstream(c).clone(),
+                config.protocol(c),
+            ))
+        }),
         config: Arc::new(config),
         revision: "test".into(),
         windows: Arc::new([Window::new(window), Window::new(window)]),

@@ -194,6 +194,9 @@ fn defaults_follow_the_design() {
     assert!(c.rollback.failure_statuses.contains(599));
     assert!(!c.rollback.failure_statuses.contains(429));
     assert!(c.retry_canary_connect_failure);
+    assert_eq!(c.protocols, [Protocol::Http1, Protocol::Http1]);
+    assert!(!c.rollback.grpc_failure_codes.contains(0));
+    assert!((1..=16).all(|code| c.rollback.grpc_failure_codes.contains(code)));
     assert_eq!(c.timeouts.connect, Duration::from_secs(1));
     assert_eq!(c.timeouts.request, Duration::from_secs(60));
     assert!(c.response_color_header.is_none());
@@ -220,6 +223,8 @@ fn every_key_is_read() {
         ("rollback.min-requests", "50"),
         ("rollback.window", "1.5m"),
         ("rollback.failure-statuses", "5xx, 429"),
+        ("rollback.grpc-failure-codes", "2, 13-15"),
+        ("green.protocol", "h2c"),
         ("retry.canary-connect-failure", "false"),
         ("timeout.connect", "250ms"),
         ("timeout.request", "15s\n"),
@@ -246,6 +251,9 @@ fn every_key_is_read() {
     assert_eq!(c.rollback.window, Duration::from_secs(90));
     assert!(c.rollback.failure_statuses.contains(429));
     assert!(!c.rollback.failure_statuses.contains(404));
+    let grpc = c.rollback.grpc_failure_codes;
+    assert!(grpc.contains(2) && grpc.contains(13) && grpc.contains(15) && !grpc.contains(5));
+    assert_eq!(c.protocol(Color::Green), Protocol::H2c);
     assert!(!c.retry_canary_connect_failure);
     assert_eq!(c.timeouts.connect, Duration::from_millis(250));
     assert_eq!(c.timeouts.request, Duration::from_secs(15));
