@@ -63,8 +63,9 @@ pub enum SourceEvent {
 
 /// Watches one ConfigMap for as long as the stream is polled; it never ends by itself.
 ///
-/// The first event is `Applied`, `Missing` or `Disconnected`. Errors never end the stream: they
-/// become one `Disconnected`, then one `Reconnected` when the API server answers again.
+/// The first event is `Applied`, `Missing` or `Disconnected`. Errors never end the stream: a
+/// failure that an immediate retry cures goes unreported; otherwise it becomes one
+/// `Disconnected`, then one `Reconnected` when the API server answers again.
 pub fn watch(client: Client, cm: ConfigMapRef) -> impl Stream<Item = SourceEvent> + Send + 'static {
     futures_util::stream::unfold(ConfigMapWatch::new(client, cm), |mut w| async move {
         let event = w.next_event().await;
@@ -79,7 +80,9 @@ enum Link {
     Connecting,
     /// The last list succeeded and the watch is running.
     Up,
-    /// An error was reported; waiting for a list to succeed.
+    /// One request failed; retrying at once before calling it an outage.
+    Suspect,
+    /// An outage was reported; retrying with backoff until a list succeeds.
     Down,
 }
 
@@ -203,11 +206,22 @@ impl ConfigMapWatch {
             tracing::debug!(configmap = %self.cm, %error, "watch expired; listing again");
             return;
         }
-        self.pause = Some(self.backoff.next().unwrap_or(MAX_PAUSE));
-        if self.link == Link::Down {
-            tracing::debug!(configmap = %self.cm, %error, "Kubernetes API still failing; retrying");
-            return;
+        match self.link {
+            Link::Connecting | Link::Up => {
+                // One broken connection (an API server restarting behind its load balancer)
+                // is routine: retry at once, and only call it an outage if that fails too.
+                self.link = Link::Suspect;
+                tracing::debug!(configmap = %self.cm, %error, "Kubernetes API request failed; retrying at once");
+                return;
+            }
+            Link::Down => {
+                self.pause = Some(self.backoff.next().unwrap_or(MAX_PAUSE));
+                tracing::debug!(configmap = %self.cm, %error, "Kubernetes API still failing; retrying");
+                return;
+            }
+            Link::Suspect => {}
         }
+        self.pause = Some(self.backoff.next().unwrap_or(MAX_PAUSE));
         self.link = Link::Down;
         tracing::warn!(
             configmap = %self.cm,

@@ -250,11 +250,25 @@ async fn an_api_server_outage_is_reported_once_and_recovered_from() {
 }
 
 #[tokio::test]
-async fn failing_requests_at_startup_are_one_outage() {
+async fn one_failed_request_is_retried_silently_and_more_are_one_outage() {
     let api = FakeApiServer::start().await;
     api.create_configmap(NS, NAME, &[("canary-weight", "5")]);
-    api.fail_next(Verb::List, 500, 2);
+    // A single failure is cured by the immediate retry: the proxy hears nothing of it.
+    api.fail_next(Verb::List, 503, 1);
     let mut events = spawn_watch(client(&api).await, cm());
+    assert_eq!(
+        weight(&next_event(&mut events, PROPAGATION).await),
+        Some("5")
+    );
+    eventually(PROPAGATION, "the watch to be open", || async {
+        (api.active_watches() == 1).then_some(())
+    })
+    .await;
+
+    // Two in a row are an outage, reported once.
+    api.fail_next(Verb::List, 500, 2);
+    api.expire_watches();
+    api.patch_data(NS, NAME, &[("canary-weight", "6")]);
     assert!(
         matches!(next_event(&mut events, PROPAGATION).await, SourceEvent::Disconnected { error } if error.contains("500"))
     );
@@ -264,6 +278,6 @@ async fn failing_requests_at_startup_are_one_outage() {
     );
     assert_eq!(
         weight(&next_event(&mut events, PROPAGATION).await),
-        Some("5")
+        Some("6")
     );
 }
