@@ -19,6 +19,8 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
+    /// Trailers, if the response had any.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Reply {
@@ -78,11 +80,13 @@ impl HttpClient {
                 .await
                 .map_err(|e| format!("{e:?}"))?;
             let (head, body) = response.into_parts();
-            let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            let collected = body.collect().await.map_err(|e| e.to_string())?;
+            let trailers = collected.trailers().cloned();
             Ok(Reply {
                 status: head.status,
                 headers: head.headers,
-                body,
+                body: collected.to_bytes(),
+                trailers,
             })
         };
         tokio::time::timeout(Duration::from_secs(10), exchange)

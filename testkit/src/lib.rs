@@ -2,9 +2,13 @@
 //!
 //! - [`upstream`]: test upstreams that say their color and can fail or stall on demand.
 //! - [`client`]: a small HTTP/1.1 and HTTP/2 client.
+//! - [`grpc`]: an h2c upstream that answers like a gRPC server, with a chosen `grpc-status`.
+//! - [`websocket`]: an upstream that accepts upgrades and echoes the tunnel's bytes.
 //! - [`proxy`]: the real `canary-proxy` binary run as a child process.
 
 pub mod client;
 pub mod fake_apiserver;
+pub mod grpc;
 pub mod proxy;
 pub mod upstream;
+pub mod websocket;
