@@ -89,7 +89,7 @@ async fn https_with_alpn_h1_and_h2_and_certificate_rotation() {
     .unwrap();
 
     // HTTP/1.1 over TLS.
-    let (stream, served) = tls_connect(proxy.addr, &[first.clone()], b"http/1.1").await;
+    let (stream, served) = tls_connect(proxy.addr, std::slice::from_ref(&first), b"http/1.1").await;
     assert_eq!(served, first);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -105,7 +105,7 @@ async fn https_with_alpn_h1_and_h2_and_certificate_rotation() {
     assert_eq!(headers["x-forwarded-proto"], "https");
 
     // HTTP/2 over TLS, chosen by ALPN.
-    let (stream, _) = tls_connect(proxy.addr, &[first.clone()], b"h2").await;
+    let (stream, _) = tls_connect(proxy.addr, std::slice::from_ref(&first), b"h2").await;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
@@ -132,7 +132,7 @@ async fn https_with_alpn_h1_and_h2_and_certificate_rotation() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, served) = tls_connect(proxy.addr, &[first.clone()], b"http/1.1").await;
+    let (_, served) = tls_connect(proxy.addr, std::slice::from_ref(&first), b"http/1.1").await;
     assert_eq!(served, first);
 
     // A renewed certificate is served to new connections, without a restart.
