@@ -7,6 +7,8 @@
 //! is compacted away. Discovery documents make `kubectl` work against it. Objects live in
 //! memory and survive [`FakeApiServer::stop`] / [`FakeApiServer::restart`], like etcd behind
 //! an API server that goes away and comes back on the same address.
+//! [`FakeApiServer::start_tls`] serves the same over HTTPS with a self-signed certificate that
+//! the kubeconfig trusts, as a real cluster's API server is reached.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -20,6 +22,7 @@
 
 mod discovery;
 mod routes;
+mod serve;
 mod status;
 mod store;
 mod watch;
@@ -31,13 +34,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
+use serve::{bind, kubeconfig, serve, tls_acceptor};
 use store::{Key, Store};
 
 /// Requests kept in the log that [`FakeApiServer::requests`] returns.
@@ -167,16 +168,32 @@ pub struct FakeApiServer {
     shared: Arc<Shared>,
     /// The accept loop while serving; its connections die with it.
     serving: Mutex<Option<JoinHandle<()>>>,
+    /// TLS for an HTTPS server; kept so a restart serves the same certificate.
+    tls: Option<TlsAcceptor>,
     /// Holds the kubeconfig and kubectl's cache; removed on drop.
     dir: tempfile::TempDir,
 }
 
 impl FakeApiServer {
-    /// Starts a server on `127.0.0.1:0` and writes a kubeconfig for it.
+    /// Starts a server on `127.0.0.1:0` (plain HTTP) and writes a kubeconfig for it.
     ///
     /// # Panics
     /// If the port cannot be bound or the temporary directory cannot be written.
     pub async fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// Like [`FakeApiServer::start`], over HTTPS: a fresh self-signed certificate for
+    /// `127.0.0.1`, written to `ca.crt` beside the kubeconfig, which names it as the
+    /// cluster's `certificate-authority`.
+    ///
+    /// # Panics
+    /// As [`FakeApiServer::start`], or if the certificate cannot be made.
+    pub async fn start_tls() -> Self {
+        Self::launch(true)
+    }
+
+    fn launch(https: bool) -> Self {
         let listener =
             bind("127.0.0.1:0".parse().expect("valid address")).expect("bind the fake API server");
         let addr = listener.local_addr().expect("bound address");
@@ -188,15 +205,23 @@ impl FakeApiServer {
             bookmark_interval: Duration::from_secs(1),
         });
         let dir = tempfile::tempdir().expect("temporary directory for the kubeconfig");
-        std::fs::write(dir.path().join("kubeconfig"), kubeconfig(addr))
-            .expect("write the kubeconfig");
+        let tls = https.then(|| tls_acceptor(&dir.path().join("ca.crt")));
+        let scheme = if https { "https" } else { "http" };
+        let authority = https.then(|| dir.path().join("ca.crt"));
+        std::fs::write(
+            dir.path().join("kubeconfig"),
+            kubeconfig(scheme, addr, authority.as_deref()),
+        )
+        .expect("write the kubeconfig");
         let server = Self {
             addr,
             shared,
             serving: Mutex::new(None),
+            tls,
             dir,
         };
-        *lock(&server.serving) = Some(tokio::spawn(serve(listener, server.shared.clone())));
+        let task = tokio::spawn(serve(listener, server.shared.clone(), server.tls.clone()));
+        *lock(&server.serving) = Some(task);
         server
     }
 
@@ -205,9 +230,10 @@ impl FakeApiServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` for [`FakeApiServer::start_tls`].
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// A kubeconfig whose current context points at this server (namespace `default`, a dummy
@@ -398,7 +424,11 @@ impl FakeApiServer {
         let mut serving = lock(&self.serving);
         if serving.is_none() {
             let listener = bind(self.addr).unwrap_or_else(|e| panic!("rebind {}: {e}", self.addr));
-            *serving = Some(tokio::spawn(serve(listener, self.shared.clone())));
+            *serving = Some(tokio::spawn(serve(
+                listener,
+                self.shared.clone(),
+                self.tls.clone(),
+            )));
         }
     }
 }
@@ -409,51 +439,6 @@ impl Drop for FakeApiServer {
             task.abort();
         }
     }
-}
-
-/// Binds with `SO_REUSEADDR`, so a restart can take the port back from its TIME_WAIT sockets.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(128)
-}
-
-/// Accepts connections until aborted; the connections live in a `JoinSet`, so aborting this
-/// task drops them all, as a dying API server would.
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
-                    // Out of descriptors or similar: give the system a moment.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let shared = shared.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |request| routes::handle(shared.clone(), request));
-                    // A client hanging up mid-watch is an ordinary end of a connection here.
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-}
-
-fn kubeconfig(addr: SocketAddr) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\n\
-         users:\n- name: fake\n  user:\n    token: fake-token\n\
-         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
-         current-context: fake\n"
-    )
 }
 
 fn configmap_key(namespace: &str, name: &str) -> Key {
