@@ -39,7 +39,8 @@ impl EventKind {
 /// Records a `Warning` Event about the ConfigMap (core/v1, as `kubectl describe` lists them).
 ///
 /// An Event is a courtesy to the operator: failing to write one is logged and otherwise
-/// ignored, never allowed to disturb the proxy.
+/// ignored, never allowed to disturb the proxy. An API server that does not answer holds this
+/// call for as long as the client's timeouts, so run it in its own task.
 pub async fn record_event(client: &Client, cm: &ConfigMapRef, kind: EventKind, message: &str) {
     let event = build_event(client, cm, kind, message).await;
     let api: Api<Event> = Api::namespaced(client.clone(), &cm.namespace);

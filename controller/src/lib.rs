@@ -2,9 +2,9 @@
 //!
 //! - [`cm_ref`]: [`ConfigMapRef`], the `NAMESPACE/NAME` given to `--configmap`.
 //! - [`client`]: [`connect`], kubeconfig or in-cluster service account.
-//! - [`watch`]: [`watch()`], the ConfigMap as a stream of [`SourceEvent`]s, resilient to a
+//! - [`mod@watch`]: [`watch()`], the ConfigMap as a stream of [`SourceEvent`]s, resilient to a
 //!   missing object, deletion, 410 Gone and an unreachable API server.
-//! - [`write_back`]: [`write_back()`], a rollback persisted in the ConfigMap under a
+//! - [`mod@write_back`]: [`write_back()`], a rollback persisted in the ConfigMap under a
 //!   resourceVersion precondition, so every replica converges and restarts agree.
 //! - [`events`]: [`record_event`], Kubernetes Events for rollbacks and rejected configs.
 //!

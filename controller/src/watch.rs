@@ -1,6 +1,6 @@
 //! Following one ConfigMap through the API: kube's watcher, turned into source events.
 //!
-//! kube's [`watcher`] resumes a broken watch from its last resourceVersion and reports
+//! kube's [`watcher()`] resumes a broken watch from its last resourceVersion and reports
 //! nothing when that succeeds, so a caller could not tell "reconnected" from "still down".
 //! This module therefore drops the watcher on any error and, after a jittered backoff
 //! ([`DefaultBackoff`]: 0.8 s doubling to 30 s, like client-go), starts a fresh one. A fresh

@@ -66,9 +66,10 @@ pub enum WriteBackOutcome {
 /// Writes a rollback to the ConfigMap, with the resourceVersion the proxy saw as precondition.
 ///
 /// Conflicts are re-read and retried while the same canary is configured; transient failures
-/// (unreachable, 429, 5xx) are retried with backoff, at most [`MAX_ATTEMPTS`] patches in all.
+/// (unreachable, 429, 5xx) are retried with backoff, at most six patches in all.
 /// An `Err` means nothing was written: the caller keeps its in-memory rollback and may call
 /// again later (a stale `seen_resource_version` is fine: it becomes a conflict and a re-read).
+/// It takes seconds when the API server struggles, so run it in its own task, off the data path.
 pub async fn write_back(
     client: &Client,
     cm: &ConfigMapRef,
