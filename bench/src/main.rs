@@ -1,12 +1,15 @@
 //! The `canary-bench` command line: parses the flags and hands each command to the library.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use canary_bench::demo::{self, DemoOptions};
 use canary_bench::load::{self, LoadConfig, Stop, Target, Workers};
+use canary_bench::proxy;
 use canary_bench::units::parse_duration;
 use canary_bench::upstream::{self, Color, FaultUpdate, Upstream};
 
@@ -24,6 +27,27 @@ enum Command {
     Upstream(UpstreamArgs),
     /// Sends load to a URL and prints throughput, latency, statuses and the split by x-color.
     Load(LoadArgs),
+    /// The whole canary story on loopback: upstreams, the real canary-proxy, 5 % -> 50 % ->
+    /// 100 % -> 5 %, a fault in green and the automatic rollback; prints a timeline and
+    /// writes an HTML report.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// The canary-proxy binary (default: next to this executable).
+    #[arg(long, env = "CANARY_BENCH_PROXY_BIN")]
+    proxy_bin: Option<PathBuf>,
+    /// Where to write the HTML report.
+    #[arg(
+        long,
+        env = "CANARY_BENCH_REPORT",
+        default_value = "canary-bench-report.html"
+    )]
+    report: PathBuf,
+    /// The same story in about 15 s, for CI.
+    #[arg(long, alias = "short")]
+    quick: bool,
 }
 
 #[derive(Args, Debug)]
@@ -86,6 +110,7 @@ fn main() -> anyhow::Result<()> {
         }
         // The connections run on their own worker threads; this runtime only waits for them.
         Command::Load(args) => runtime(Some(1))?.block_on(run_load(args)),
+        Command::Demo(args) => runtime(None)?.block_on(run_demo(args)),
     }
 }
 
@@ -156,6 +181,21 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     } else {
         println!("{report}");
     }
+    Ok(())
+}
+
+async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let options = DemoOptions {
+        proxy_bin: proxy::find_binary(args.proxy_bin)?,
+        report: args.report,
+        quick: args.quick,
+    };
+    let result = demo::run(&options).await?;
+    demo::timeline::print_summary(&result);
+    std::fs::write(&options.report, demo::html::render(&result))
+        .with_context(|| format!("cannot write the report {}", options.report.display()))?;
+    println!("report     {}", options.report.display());
+    anyhow::ensure!(result.passed(), "the demo's checks failed");
     Ok(())
 }
 

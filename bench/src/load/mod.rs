@@ -96,6 +96,17 @@ pub struct LoadHandle {
     tasks: Vec<JoinHandle<ConnOutcome>>,
 }
 
+/// Reads a running load's counters from any task.
+#[derive(Clone)]
+pub struct LiveReader(Arc<Shared>);
+
+impl LiveReader {
+    /// The counters summed over all connections, as of now.
+    pub fn live(&self) -> Live {
+        Live::sum(&self.0.live, self.0.started.elapsed())
+    }
+}
+
 /// Starts a load on the current tokio runtime.
 pub fn start(config: LoadConfig) -> Result<LoadHandle, LoadError> {
     start_on(config, &[tokio::runtime::Handle::current()])
@@ -149,6 +160,11 @@ impl LoadHandle {
     /// The counters summed over all connections, as of now.
     pub fn live(&self) -> Live {
         Live::sum(&self.shared.live, self.shared.started.elapsed())
+    }
+
+    /// A reader of the live counters that can move to another task.
+    pub fn reader(&self) -> LiveReader {
+        LiveReader(self.shared.clone())
     }
 
     /// The instant all of the run's timestamps count from.

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: the real binary as a child process, and a tiny
 //! blocking HTTP/1.1 client for the admin paths.
 
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
