@@ -18,6 +18,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// How the client reached the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,9 +38,21 @@ impl Scheme {
     }
 }
 
-/// Rewrites a client request's head for the upstream, whatever its protocol.
-pub fn to_upstream(head: &mut request::Parts, client: IpAddr, scheme: Scheme) {
+/// Rewrites a client request's head for the upstream, whatever its protocol. With
+/// `trusted_hops` at 0 the client's own `X-Forwarded-*` and `Forwarded` are discarded, since
+/// anyone can send them; otherwise they were set by a trusted proxy in front and are kept.
+pub fn to_upstream(head: &mut request::Parts, client: IpAddr, scheme: Scheme, trusted_hops: u32) {
     let via = via_value(head.version);
+    if trusted_hops == 0 {
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &FORWARDED,
+        ] {
+            head.headers.remove(name);
+        }
+    }
     // `TE: trailers` is the one TE an HTTP/2 upstream must see (gRPC requires it).
     let te_trailers = head.headers.get(TE).is_some_and(|v| v == "trailers");
     strip_hop_by_hop(&mut head.headers);
@@ -48,26 +61,24 @@ pub fn to_upstream(head: &mut request::Parts, client: IpAddr, scheme: Scheme) {
             .insert(TE, HeaderValue::from_static("trailers"));
     }
 
-    let host = match head.headers.get(HOST) {
-        Some(host) => host.clone(),
-        // HTTP/2 carries the host in :authority.
-        None => match head
-            .uri
-            .authority()
-            .map(|a| HeaderValue::from_str(a.as_str()))
-        {
-            Some(Ok(host)) => {
-                head.headers.insert(HOST, host.clone());
-                host
-            }
-            _ => HeaderValue::from_static(""),
-        },
-    };
-    if !host.is_empty() {
+    // The target's authority (HTTP/2 `:authority`, or an absolute-form HTTP/1.1 target) wins
+    // over a `Host` header, as RFC 9112 §3.2.2 says.
+    let authority = head
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    if let Some(authority) = authority {
+        head.headers.insert(HOST, authority);
+    }
+    if let Some(host) = head.headers.get(HOST).cloned()
+        && !head.headers.contains_key(&X_FORWARDED_HOST)
+    {
         head.headers.insert(&X_FORWARDED_HOST, host);
     }
     append_forwarded_for(&mut head.headers, client);
-    head.headers.insert(&X_FORWARDED_PROTO, scheme.value());
+    if !head.headers.contains_key(&X_FORWARDED_PROTO) {
+        head.headers.insert(&X_FORWARDED_PROTO, scheme.value());
+    }
     append(&mut head.headers, VIA, via);
 }
 
@@ -218,7 +229,7 @@ mod tests {
             .body(())
             .unwrap();
         let (mut head, ()) = req.into_parts();
-        to_upstream(&mut head, "10.0.0.9".parse().unwrap(), Scheme::Http);
+        to_upstream(&mut head, "10.0.0.9".parse().unwrap(), Scheme::Http, 1);
         let mut req = Request::from_parts(head, ());
         for_http1(&mut req);
         let (head, ()) = req.into_parts();
@@ -237,7 +248,8 @@ mod tests {
         assert_eq!(h["host"], "shop.example");
         assert_eq!(h["x-forwarded-host"], "shop.example");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
-        assert_eq!(h["x-forwarded-proto"], "http");
+        // Set by the trusted proxy in front.
+        assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["via"], "1.1 canary-proxy");
         assert_eq!(head.uri, "/p?q=1");
     }
@@ -253,6 +265,7 @@ mod tests {
             &mut head,
             "::ffff:127.0.0.1".parse().unwrap(),
             Scheme::Https,
+            0,
         );
         assert_eq!(head.headers["host"], "api.example:8080");
         assert_eq!(head.headers["x-forwarded-for"], "127.0.0.1");
@@ -272,7 +285,7 @@ mod tests {
             .body(())
             .unwrap();
         let (mut head, ()) = req.into_parts();
-        to_upstream(&mut head, "10.0.0.1".parse().unwrap(), Scheme::Http);
+        to_upstream(&mut head, "10.0.0.1".parse().unwrap(), Scheme::Http, 0);
         let mut req = Request::from_parts(head, ());
         let upstream = UpstreamAddr {
             authority: "10.1.1.1:50051".parse().unwrap(),
@@ -287,6 +300,29 @@ mod tests {
         assert_eq!(req.uri(), "/pkg.Svc/Call");
         assert_eq!(req.headers()["host"], "grpc.example");
         assert!(!req.headers().contains_key("te"));
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let req = Request::get("http://a.example/x")
+            .header("host", "b.example")
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "evil.example")
+            .header("forwarded", "for=1.2.3.4")
+            .body(())
+            .unwrap();
+        let (mut head, ()) = req.into_parts();
+        to_upstream(&mut head, "127.0.0.2".parse().unwrap(), Scheme::Http, 0);
+        let h = &head.headers;
+        assert_eq!(h["x-forwarded-for"], "127.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(
+            h["host"], "a.example",
+            "the absolute-form authority decides"
+        );
+        assert_eq!(h["x-forwarded-host"], "a.example");
+        assert!(!h.contains_key("forwarded"));
     }
 
     #[test]

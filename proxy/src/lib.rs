@@ -6,10 +6,12 @@
 //! - [`listener`]: accepts connections and serves HTTP/1.1 and HTTP/2 on them, with limits;
 //!   [`tls`] terminates TLS with a certificate that follows its files.
 //! - [`proxy`]: one request's path through the phases below.
+//! - [`admission`]: what a request must satisfy before it goes anywhere.
 //! - [`route`]: route choice, from the [`RouteTable`](route::RouteTable) snapshot.
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*` and `Via`.
 //! - [`upstream`]: pooled HTTP/1.1 connections to each color.
-//! - [`body`]: the response body streamed back, returning its connection to the pool.
+//! - [`body`]: the request body under its limits, and the response body streamed back,
+//!   returning its connection to the pool.
 //! - [`accounting`]: counts each outcome per color and asks for a rollback decision.
 //! - [`rollback`]: the sliding windows and the pure rule that decides.
 //!
@@ -24,6 +26,7 @@
 
 pub mod accounting;
 pub mod admin;
+pub mod admission;
 pub mod body;
 pub mod config;
 pub mod headers;

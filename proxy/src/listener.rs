@@ -1,17 +1,21 @@
 //! The data listener: accepts connections (cleartext, or TLS with ALPN), serves HTTP/1.1 and
-//! HTTP/2 on each with the protocol limits set, passes upgrades through, and drains them on
-//! shutdown.
+//! HTTP/2 on each with the protocol limits set, passes upgrades through, closes connections
+//! whose clients cancel streams faster than they let them finish, and drains on shutdown.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::time::Duration;
 
+use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -22,13 +26,14 @@ use crate::runtime::Runtime;
 /// Limits on what a client may send before the proxy gives up on it.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Time allowed to send a request's headers (slowloris guard).
+    /// Time allowed to send a request's headers, and to finish a TLS handshake (slowloris).
     pub header_read_timeout: Duration,
-    /// Bytes of request line and headers (HTTP/1.1 read buffer; beyond it, 431).
+    /// Bytes of request line and headers (HTTP/1.1 read buffer, HTTP/2 header list; beyond
+    /// it, 431).
     pub max_header_bytes: usize,
     /// Number of request headers (beyond it, 431).
     pub max_headers: usize,
-    /// Concurrent HTTP/2 streams per connection.
+    /// Concurrent HTTP/2 streams per connection; more are refused with `REFUSED_STREAM`.
     pub max_streams: u32,
 }
 
@@ -36,11 +41,90 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             header_read_timeout: Duration::from_secs(10),
-            // nginx's large_client_header_buffers default: 4 × 8 KiB.
+            // NGINX's large_client_header_buffers default: 4 × 8 KiB.
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_streams: 100,
         }
+    }
+}
+
+/// Streams a connection may cancel before the cancel rate is judged.
+const CANCEL_GRACE: u32 = 100;
+
+/// One client connection, shared by its requests.
+pub struct ClientConn {
+    /// The proxy's shared state.
+    pub runtime: Arc<Runtime>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// How the client reached the proxy.
+    pub scheme: Scheme,
+    /// Requests (HTTP/2 streams) started on this connection.
+    started: AtomicU32,
+    /// Those the client cancelled before their response was ready (HTTP/2 rapid reset).
+    cancelled: AtomicU32,
+    /// Set, and notified, when the connection must be closed.
+    closing: AtomicBool,
+    close: Notify,
+}
+
+impl ClientConn {
+    /// State for a new connection from `peer`.
+    pub fn new(runtime: Arc<Runtime>, peer: SocketAddr, scheme: Scheme) -> Arc<ClientConn> {
+        Arc::new(ClientConn {
+            runtime,
+            peer,
+            scheme,
+            started: AtomicU32::new(0),
+            cancelled: AtomicU32::new(0),
+            closing: AtomicBool::new(false),
+            close: Notify::new(),
+        })
+    }
+
+    /// Counts a request; the guard counts it as cancelled unless it is dropped after
+    /// [`InFlight`]'s request produced a response.
+    pub fn start(&self) -> InFlight<'_> {
+        self.started.fetch_add(1, Relaxed);
+        InFlight { conn: self }
+    }
+
+    /// Waits until the connection must be closed.
+    async fn closed(&self) {
+        let notified = self.close.notified();
+        if !self.closing.load(Relaxed) {
+            notified.await;
+        }
+    }
+
+    fn cancelled_one(&self) {
+        let cancelled = self.cancelled.fetch_add(1, Relaxed) + 1;
+        let started = self.started.load(Relaxed);
+        // Envoy's premature-reset rule: past a grace, more than half cancelled is an attack.
+        if cancelled >= CANCEL_GRACE && cancelled * 2 > started && !self.closing.swap(true, Relaxed)
+        {
+            warn!(peer = %self.peer, cancelled, started, "client cancels most of its streams; closing the connection");
+            self.close.notify_waiters();
+        }
+    }
+}
+
+/// A request in progress; dropped before completion means the client cancelled it.
+pub struct InFlight<'a> {
+    conn: &'a ClientConn,
+}
+
+impl InFlight<'_> {
+    /// The request produced its response: not a cancellation.
+    pub fn finish(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.conn.cancelled_one();
     }
 }
 
@@ -55,7 +139,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) {
-    let builder = Arc::new(builder(limits));
+    let builder = Arc::new(http_builder(limits));
     let graceful = GracefulShutdown::new();
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
@@ -74,26 +158,27 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let runtime = runtime.clone();
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (builder, watcher, runtime) = (builder.clone(), graceful.watcher(), runtime.clone());
         let Some(tls) = tls.clone() else {
-            let service =
-                service_fn(move |req| proxy::handle(runtime.clone(), peer, Scheme::Http, req));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::spawn(finish(watcher.watch(conn.into_owned()), peer));
+            let conn = ClientConn::new(runtime, peer, Scheme::Http);
+            tokio::spawn(serve_connection(
+                TokioIo::new(stream),
+                conn,
+                builder,
+                watcher,
+            ));
             continue;
         };
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(limits.header_read_timeout, tls.accept(stream));
-            let stream = match handshake.await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return debug!(%peer, "TLS handshake timed out"),
-            };
-            let service =
-                service_fn(move |req| proxy::handle(runtime.clone(), peer, Scheme::Https, req));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            finish(watcher.watch(conn.into_owned()), peer).await;
+            match handshake.await {
+                Ok(Ok(stream)) => {
+                    let conn = ClientConn::new(runtime, peer, Scheme::Https);
+                    serve_connection(TokioIo::new(stream), conn, builder, watcher).await;
+                }
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake timed out"),
+            }
         });
     }
     drop(listener);
@@ -107,16 +192,35 @@ pub async fn serve(
     }
 }
 
-async fn finish<E: std::fmt::Display>(
-    conn: impl Future<Output = Result<(), E>>,
-    peer: std::net::SocketAddr,
-) {
-    if let Err(e) = conn.await {
-        debug!(%peer, error = %e, "client connection ended with an error");
+/// Serves one client connection over any transport until it ends, the shutdown watcher
+/// drains it, or its client is found abusing it.
+pub async fn serve_connection<I>(
+    io: I,
+    conn: Arc<ClientConn>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+) where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let service = service_fn({
+        let conn = conn.clone();
+        move |req| proxy::handle(conn.clone(), req)
+    });
+    let serving = watcher.watch(
+        builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned(),
+    );
+    tokio::select! {
+        served = serving => if let Err(e) = served {
+            debug!(peer = %conn.peer, error = %e, "client connection ended with an error");
+        },
+        () = conn.closed() => {}
     }
 }
 
-fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
+/// The HTTP/1.1 and HTTP/2 server settings for `limits`.
+pub fn http_builder(limits: Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

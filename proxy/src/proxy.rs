@@ -1,10 +1,9 @@
-//! One request's way through the proxy, in order: route choice, header rewrite, the upstream
-//! exchange, response accounting (which may trip the rollback), and the failover of a request
-//! that never reached the canary. Upgraded connections (WebSocket) become a byte tunnel to the
+//! One request's way through the proxy, in order: admission, route choice, header rewrite,
+//! the upstream exchange, response accounting (which may trip the rollback), and the failover
+//! of a request that never reached the canary. Upgraded connections (WebSocket) become a byte tunnel to the
 //! color that accepted them.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,37 +15,58 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::accounting::Outcome;
-use crate::body::{Pending, ResponseBody};
+use crate::admission;
+use crate::body::{ClientFault, Pending, RequestBody, ResponseBody};
 use crate::config::Color;
-use crate::headers::{self, Scheme};
+use crate::headers;
+use crate::listener::ClientConn;
 use crate::metrics::ErrorKind;
 use crate::route::RouteTable;
 use crate::runtime::Runtime;
+use crate::upstream::Fault;
 
-/// Handles one client request.
+/// Handles one client request on `conn`.
 pub async fn handle(
-    runtime: Arc<Runtime>,
-    peer: SocketAddr,
-    scheme: Scheme,
-    mut req: Request<Incoming>,
+    conn: Arc<ClientConn>,
+    req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let in_flight = conn.start();
+    let response = respond(&conn, req).await;
+    in_flight.finish();
+    Ok(response)
+}
+
+async fn respond(conn: &ClientConn, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    let runtime = &conn.runtime;
     let Some(table) = (*runtime.routes()).clone() else {
-        return Ok(local(
+        return local(
             StatusCode::SERVICE_UNAVAILABLE,
             "no configuration loaded yet\n",
-        ));
+        );
     };
-    let color = table.choose(req.headers());
     let upgrade = upgrade_of(&mut req);
     let (mut head, body) = req.into_parts();
-    headers::to_upstream(&mut head, peer.ip(), scheme);
+    let policy = &table.config.client;
+    if let Err((status, text)) = admission::admit(&mut head, policy) {
+        return local(status, text);
+    }
+    let mut body = RequestBody::new(body, policy);
+    if head.version != Version::HTTP_2
+        && let Err(fault) = body.read_first().await
+    {
+        // Broken framing or a stalled client, seen before anything went upstream.
+        return client_fault(fault);
+    }
+    let color = table.choose(&head.headers);
+    headers::to_upstream(&mut head, conn.peer.ip(), conn.scheme, policy.trusted_hops);
     if let Some((protocol, _)) = &upgrade {
         head.headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         head.headers.insert(UPGRADE, protocol.clone());
     }
     let req = Request::from_parts(head, body);
-    Ok(forward(runtime, &table, color, req, upgrade.map(|(_, on)| on)).await)
+    let runtime = runtime.clone();
+    forward(runtime, &table, color, req, upgrade.map(|(_, on)| on)).await
 }
 
 /// Sends `req` to `color`, and to stable instead if it could not reach the canary.
@@ -54,7 +74,7 @@ async fn forward(
     runtime: Arc<Runtime>,
     table: &Arc<RouteTable>,
     mut color: Color,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     client_upgrade: Option<OnUpgrade>,
 ) -> Response<ResponseBody> {
     let config = &table.config;
@@ -107,12 +127,12 @@ async fn forward(
             }
             Err(failure) => failure,
         };
-        runtime.account(
-            table,
-            color,
-            Outcome::NoResponse(failure.kind),
-            started.elapsed(),
-        );
+        let kind = match failure.fault {
+            Fault::Upstream(kind) => kind,
+            // The client broke its own request: nothing to hold against the upstream.
+            Fault::Client(fault) => return client_fault(fault),
+        };
+        runtime.account(table, color, Outcome::NoResponse(kind), started.elapsed());
         debug!(color = %color, upstream = %upstream.addr, error = %failure.error, "upstream failed");
         match failure.request {
             // Never reached the canary: stable can take it without any risk of doing it twice.
@@ -121,7 +141,7 @@ async fn forward(
                 color = config.stable;
                 req = unsent;
             }
-            _ => return error_response(failure.kind, color),
+            _ => return error_response(kind, color),
         }
     }
 }
@@ -200,6 +220,23 @@ pub fn grpc_status(headers: &HeaderMap) -> u32 {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(2)
+}
+
+fn client_fault(fault: ClientFault) -> Response<ResponseBody> {
+    let (status, text) = match fault {
+        ClientFault::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+        ClientFault::Idle => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time\n",
+        ),
+        ClientFault::Malformed => (StatusCode::BAD_REQUEST, "malformed request body\n"),
+    };
+    let mut response = local(status, text);
+    // The rest of a broken or refused body would be read as the next request: close instead.
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn error_response(kind: ErrorKind, color: Color) -> Response<ResponseBody> {

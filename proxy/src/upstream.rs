@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::body::{ClientFault, RequestBody};
 use crate::config::{Protocol, Timeouts, UpstreamAddr};
 use crate::headers;
 use crate::metrics::ErrorKind;
@@ -45,20 +46,28 @@ pub struct Upstream {
 }
 
 /// Why a request got no response from the upstream.
-#[derive(Debug)]
 pub struct Failure {
-    /// What went wrong, as metered.
-    pub kind: ErrorKind,
+    /// Who is to blame.
+    pub fault: Fault,
     /// The error, for logs.
     pub error: String,
     /// The request, when it never reached the upstream and may be sent elsewhere.
-    pub request: Option<Request<Incoming>>,
+    pub request: Option<Request<RequestBody>>,
+}
+
+/// Who caused a failed exchange: only upstream faults count against an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The upstream, as metered.
+    Upstream(ErrorKind),
+    /// The client's request body.
+    Client(ClientFault),
 }
 
 /// An HTTP/1.1 connection lent to one exchange, returned to the pool when the response is
 /// complete. HTTP/2 exchanges need none: their connection is shared.
 #[derive(Default)]
-pub struct Lease(Option<(http1::SendRequest<Incoming>, u64)>);
+pub struct Lease(Option<(http1::SendRequest<RequestBody>, u64)>);
 
 impl Lease {
     /// Puts the connection back into this thread's pool.
@@ -94,7 +103,7 @@ impl Upstream {
     /// Sends `req` and waits for the response headers.
     pub async fn send(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         timeouts: Timeouts,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         match self.protocol {
@@ -105,7 +114,7 @@ impl Upstream {
 
     async fn send_http1(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         timeouts: Timeouts,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         headers::for_http1(&mut req);
@@ -132,7 +141,7 @@ impl Upstream {
             }
         }
         Err(Failure {
-            kind: ErrorKind::Reset,
+            fault: Fault::Upstream(ErrorKind::Reset),
             error: "every pooled connection was closed".into(),
             request: Some(req),
         })
@@ -140,7 +149,7 @@ impl Upstream {
 
     async fn send_h2(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         timeouts: Timeouts,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         headers::for_h2(&mut req, &self.addr);
@@ -176,7 +185,7 @@ impl Upstream {
             }
         }
         Err(Failure {
-            kind: ErrorKind::Reset,
+            fault: Fault::Upstream(ErrorKind::Reset),
             error: "the HTTP/2 connection kept closing".into(),
             request: Some(req),
         })
@@ -185,7 +194,7 @@ impl Upstream {
     async fn connect_http1(
         &self,
         timeout: Duration,
-    ) -> Result<http1::SendRequest<Incoming>, ConnectError> {
+    ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
         let stream = self.dial(timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -203,7 +212,7 @@ impl Upstream {
     async fn connect_h2(
         &self,
         timeout: Duration,
-    ) -> Result<http2::SendRequest<Incoming>, ConnectError> {
+    ) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
         let stream = self.dial(timeout).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -253,18 +262,22 @@ impl Upstream {
 struct ConnectError(ErrorKind, String);
 
 impl ConnectError {
-    fn with_request(self, request: Request<Incoming>) -> Failure {
+    fn with_request(self, request: Request<RequestBody>) -> Failure {
         Failure {
-            kind: self.0,
+            fault: Fault::Upstream(self.0),
             error: self.1,
             request: Some(request),
         }
     }
 }
 
-fn exchange_failure(error: hyper::Error, unsent: Option<Request<Incoming>>) -> Failure {
+fn exchange_failure(error: hyper::Error, unsent: Option<Request<RequestBody>>) -> Failure {
+    // A request body that failed on the client's side surfaces as a "user" error.
+    let client = std::error::Error::source(&error)
+        .and_then(|cause| cause.downcast_ref::<ClientFault>())
+        .copied();
     Failure {
-        kind: ErrorKind::Reset,
+        fault: client.map_or(Fault::Upstream(ErrorKind::Reset), Fault::Client),
         error: error.to_string(),
         request: unsent,
     }
@@ -272,14 +285,14 @@ fn exchange_failure(error: hyper::Error, unsent: Option<Request<Incoming>>) -> F
 
 fn timeout(after: Duration) -> Failure {
     Failure {
-        kind: ErrorKind::Timeout,
+        fault: Fault::Upstream(ErrorKind::Timeout),
         error: format!("no response within {after:?}"),
         request: None,
     }
 }
 
 struct Idle {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<RequestBody>,
     since: Instant,
 }
 
@@ -287,10 +300,10 @@ thread_local! {
     /// This thread's idle HTTP/1.1 connections, per pool key. Few keys, so a Vec.
     static POOL: RefCell<Vec<(u64, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
     /// This thread's shared HTTP/2 connection, per pool key.
-    static H2: RefCell<Vec<(u64, http2::SendRequest<Incoming>)>> = const { RefCell::new(Vec::new()) };
+    static H2: RefCell<Vec<(u64, http2::SendRequest<RequestBody>)>> = const { RefCell::new(Vec::new()) };
 }
 
-fn take(key: u64) -> Option<http1::SendRequest<Incoming>> {
+fn take(key: u64) -> Option<http1::SendRequest<RequestBody>> {
     POOL.with_borrow_mut(|pool| {
         let idle = &mut pool.iter_mut().find(|(k, _)| *k == key)?.1;
         // Most recently used first: it is the one least likely to have been closed.
@@ -303,7 +316,7 @@ fn take(key: u64) -> Option<http1::SendRequest<Incoming>> {
     })
 }
 
-fn put(key: u64, sender: http1::SendRequest<Incoming>) {
+fn put(key: u64, sender: http1::SendRequest<RequestBody>) {
     POOL.with_borrow_mut(|pool| {
         let idle = match pool.iter().position(|(k, _)| *k == key) {
             Some(i) => &mut pool[i].1,
@@ -326,7 +339,7 @@ fn put(key: u64, sender: http1::SendRequest<Incoming>) {
     });
 }
 
-fn take_h2(key: u64) -> Option<http2::SendRequest<Incoming>> {
+fn take_h2(key: u64) -> Option<http2::SendRequest<RequestBody>> {
     H2.with_borrow_mut(|conns| {
         let i = conns.iter().position(|(k, _)| *k == key)?;
         if conns[i].1.is_closed() {
@@ -337,7 +350,7 @@ fn take_h2(key: u64) -> Option<http2::SendRequest<Incoming>> {
     })
 }
 
-fn put_h2(key: u64, sender: http2::SendRequest<Incoming>) {
+fn put_h2(key: u64, sender: http2::SendRequest<RequestBody>) {
     H2.with_borrow_mut(|conns| {
         conns.retain(|(k, _)| *k != key);
         conns.push((key, sender));

@@ -89,6 +89,7 @@ async fn forwarding_headers_are_set_and_hop_by_hop_removed() {
             ("blue.upstream", &blue.authority()),
             ("green.upstream", &green.authority()),
             ("response-color-header", "x-served-color"),
+            ("forwarded.trusted-hops", "1"),
         ],
     )
     .await

@@ -90,6 +90,20 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// If set, every response names the color that served it in this header.
     pub response_color_header: Option<HeaderName>,
+    /// What the proxy accepts from clients.
+    pub client: ClientPolicy,
+}
+
+/// Limits on client requests and how far their forwarding headers are believed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientPolicy {
+    /// `limit.request-body`: the largest request body accepted, in bytes; `None` for no limit.
+    pub max_body: Option<u64>,
+    /// `timeout.client-body`: the longest wait for the next piece of a request body.
+    pub body_timeout: Duration,
+    /// `forwarded.trusted-hops`: how many proxies in front of this one are trusted to have
+    /// set `X-Forwarded-*` truthfully. With 0, what the client sent is replaced.
+    pub trusted_hops: u32,
 }
 
 impl Config {

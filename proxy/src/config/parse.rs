@@ -8,8 +8,8 @@ use http::uri::Authority;
 use regex::Regex;
 
 use super::{
-    Color, Config, GrpcCodes, HeaderRule, Protocol, RollbackPolicy, StatusSet, Sticky, Timeouts,
-    UpstreamAddr,
+    ClientPolicy, Color, Config, GrpcCodes, HeaderRule, Protocol, RollbackPolicy, StatusSet,
+    Sticky, Timeouts, UpstreamAddr,
 };
 
 /// Every key the configuration knows, in DESIGN.md's order.
@@ -35,6 +35,9 @@ pub const KEYS: &[&str] = &[
     "retry.canary-connect-failure",
     "timeout.connect",
     "timeout.request",
+    "timeout.client-body",
+    "limit.request-body",
+    "forwarded.trusted-hops",
     "response-color-header",
 ];
 
@@ -203,7 +206,36 @@ pub(super) fn parse(data: &BTreeMap<String, String>) -> Result<Config, ConfigErr
         timeouts,
         response_color_header: keys
             .parse_or("response-color-header", None, |v| header_name(v).map(Some))?,
+        client: ClientPolicy {
+            max_body: keys.parse_or("limit.request-body", None, |v| {
+                size(v).map(|n| (n > 0).then_some(n))
+            })?,
+            body_timeout: keys.parse_or(
+                "timeout.client-body",
+                Duration::from_secs(60),
+                positive_duration,
+            )?,
+            trusted_hops: keys.parse_or("forwarded.trusted-hops", 0, |v| match whole(v)? {
+                n if n > 16 => Err("must be at most 16".into()),
+                n => Ok(n),
+            })?,
+        },
     })
+}
+
+/// Parses a byte size: `1048576`, `512k`, `10m`, `1g` (powers of 1024, as NGINX does).
+fn size(v: &str) -> Result<u64, String> {
+    let lower = v.to_ascii_lowercase();
+    let (number, scale) = match lower.as_bytes().last() {
+        Some(b'k') => (&lower[..lower.len() - 1], 1 << 10),
+        Some(b'm') => (&lower[..lower.len() - 1], 1 << 20),
+        Some(b'g') => (&lower[..lower.len() - 1], 1 << 30),
+        _ => (lower.as_str(), 1),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "is not a size: write e.g. `1048576`, `512k`, `10m` or `1g`".to_string())?;
+    n.checked_mul(scale).ok_or_else(|| "is too large".into())
 }
 
 fn upstream(keys: &Keys<'_>, key: &'static str) -> Result<UpstreamAddr, ConfigError> {

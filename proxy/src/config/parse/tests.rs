@@ -200,6 +200,9 @@ fn defaults_follow_the_design() {
     assert_eq!(c.timeouts.connect, Duration::from_secs(1));
     assert_eq!(c.timeouts.request, Duration::from_secs(60));
     assert!(c.response_color_header.is_none());
+    assert_eq!(c.client.max_body, None);
+    assert_eq!(c.client.body_timeout, Duration::from_secs(60));
+    assert_eq!(c.client.trusted_hops, 0);
 }
 
 #[test]
@@ -229,6 +232,9 @@ fn every_key_is_read() {
         ("timeout.connect", "250ms"),
         ("timeout.request", "15s\n"),
         ("response-color-header", "x-served-color"),
+        ("limit.request-body", "10m"),
+        ("timeout.client-body", "5s"),
+        ("forwarded.trusted-hops", "1"),
     ]))
     .unwrap();
     assert_eq!(c.upstream(Color::Blue).to_string(), "[::1]:80");
@@ -258,6 +264,9 @@ fn every_key_is_read() {
     assert_eq!(c.timeouts.connect, Duration::from_millis(250));
     assert_eq!(c.timeouts.request, Duration::from_secs(15));
     assert_eq!(c.response_color_header.unwrap(), "x-served-color");
+    assert_eq!(c.client.max_body, Some(10 << 20));
+    assert_eq!(c.client.body_timeout, Duration::from_secs(5));
+    assert_eq!(c.client.trusted_hops, 1);
 }
 
 #[test]

@@ -1,0 +1,130 @@
+//! The client's request body on its way upstream: streamed, never buffered whole, but cut off
+//! when it grows past `limit.request-body` or stalls for `timeout.client-body`. Such a cut is
+//! the client's fault and is never counted against an upstream.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::config::ClientPolicy;
+
+/// How a client's request body went wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientFault {
+    /// More bytes than `limit.request-body` (413).
+    #[error("request body larger than the limit")]
+    TooLarge,
+    /// No body data for `timeout.client-body` (408).
+    #[error("request body stalled")]
+    Idle,
+    /// Broken framing, such as a bad chunk size, or the client went away (400).
+    #[error("malformed or aborted request body")]
+    Malformed,
+}
+
+/// A request body with the client policy applied.
+pub struct RequestBody {
+    inner: Incoming,
+    /// A frame already read (to validate framing before any byte goes upstream).
+    first: Option<Frame<Bytes>>,
+    /// Bytes still allowed, if there is a limit.
+    remaining: Option<u64>,
+    timeout: Duration,
+    /// Armed the first time the body has nothing to give; boxed only for bodies that wait.
+    idle: Option<Pin<Box<Sleep>>>,
+}
+
+impl RequestBody {
+    /// Wraps `inner` with `policy`'s limit and idle timeout.
+    pub fn new(inner: Incoming, policy: &ClientPolicy) -> RequestBody {
+        RequestBody {
+            inner,
+            first: None,
+            remaining: policy.max_body,
+            timeout: policy.body_timeout,
+            idle: None,
+        }
+    }
+
+    /// Reads the first frame now, so that broken framing or a stalled client is answered
+    /// before the request is sent anywhere. A body with no frames is left as it is.
+    pub async fn read_first(&mut self) -> Result<(), ClientFault> {
+        if self.inner.is_end_stream() {
+            return Ok(());
+        }
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await;
+        match frame {
+            Some(Ok(frame)) => {
+                self.first = Some(frame);
+                Ok(())
+            }
+            Some(Err(fault)) => Err(fault),
+            None => Ok(()),
+        }
+    }
+
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<ClientFault> {
+        let timeout = self.timeout;
+        let idle = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(idle.as_mut().poll(cx));
+        Poll::Ready(ClientFault::Idle)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = ClientFault;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientFault>>> {
+        if let Some(frame) = self.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => return self.stalled(cx).map(|fault| Some(Err(fault))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(Some(Err(_))) => return Poll::Ready(Some(Err(ClientFault::Malformed))),
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        let timeout = self.timeout;
+        if let Some(idle) = &mut self.idle {
+            idle.as_mut().reset(Instant::now() + timeout);
+        }
+        if let (Some(remaining), Some(data)) = (&mut self.remaining, frame.data_ref()) {
+            match remaining.checked_sub(data.len() as u64) {
+                Some(left) => *remaining = left,
+                None => return Poll::Ready(Some(Err(ClientFault::TooLarge))),
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let first = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + first);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + first);
+        }
+        hint
+    }
+}
