@@ -22,6 +22,8 @@ pub use client::connect;
 pub use cm_ref::{ConfigMapRef, ParseConfigMapRefError};
 pub use error::Error;
 pub use events::{EventKind, record_event};
+/// The Kubernetes client that [`connect`] makes, for callers that do not depend on kube.
+pub use kube::Client;
 pub use watch::{SourceEvent, watch};
 pub use write_back::{RollbackRecord, WriteBackOutcome, write_back};
 

@@ -33,6 +33,7 @@ pub mod headers;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod rfc3339;
 pub mod rollback;
 pub mod route;
 pub mod runtime;

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub reloads_error: IntCounter,
     /// `canary_proxy_config_info{revision}`; one series, moved on each apply.
     config_info: IntGaugeVec,
+    /// `canary_proxy_config_source_connected`: 0 while the configuration source is unreachable.
+    pub source_connected: IntGauge,
 }
 
 impl Metrics {
@@ -168,8 +170,13 @@ impl Metrics {
             ),
             &["revision"],
         )?;
+        let source_connected = IntGauge::new(
+            "canary_proxy_config_source_connected",
+            "1 while the configuration source (file or Kubernetes API) is reachable",
+        )?;
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(source_connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(errors.clone()),
             Box::new(weight.clone()),
@@ -200,6 +207,7 @@ impl Metrics {
             reloads_ok: reloads.with_label_values(&["ok"]),
             reloads_error: reloads.with_label_values(&["error"]),
             config_info,
+            source_connected,
         })
     }
 

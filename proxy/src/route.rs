@@ -3,7 +3,6 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use http::HeaderMap;
 use http::header::COOKIE;
@@ -36,8 +35,8 @@ pub struct RolledBack {
     pub color: Color,
     /// Why, with the figures.
     pub reason: String,
-    /// When.
-    pub at: SystemTime,
+    /// When, in RFC 3339.
+    pub at: String,
 }
 
 impl RouteTable {

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Instant, SystemTime};
 
-use arc_swap::{ArcSwapOption, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::broadcast;
 use tracing::{error, info, warn};
 
 use crate::config::{Color, Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::rfc3339;
 use crate::rollback::window::Window;
 use crate::route::{RolledBack, RouteTable};
 use crate::upstream::Upstream;
@@ -25,8 +26,8 @@ pub struct RollbackEvent {
     pub canary_upstream: String,
     /// The reason, with the figures.
     pub reason: String,
-    /// When it happened.
-    pub at: SystemTime,
+    /// When it happened, in RFC 3339.
+    pub at: String,
     /// The revision of the configuration that was rolled back.
     pub revision: Arc<str>,
 }
@@ -56,6 +57,8 @@ pub struct Runtime {
     rollbacks: broadcast::Sender<RollbackEvent>,
     /// Where the configuration comes from, for `/status` and logs.
     pub source: String,
+    /// How the source is doing, in a sentence, for `/readyz` and `/status`.
+    source_state: ArcSwap<String>,
 }
 
 impl Runtime {
@@ -69,7 +72,20 @@ impl Runtime {
             last_error: ArcSwapOption::empty(),
             rollbacks: broadcast::channel(16).0,
             source,
+            source_state: ArcSwap::from_pointee("reading the configuration".to_owned()),
         })
+    }
+
+    /// Records how the configuration source is doing: whether it is connected, and a sentence
+    /// for operators ("waiting for ConfigMap default/canary-proxy to be created").
+    pub fn set_source_state(&self, connected: bool, state: impl Into<String>) {
+        self.metrics.source_connected.set(i64::from(connected));
+        self.source_state.store(Arc::new(state.into()));
+    }
+
+    /// The sentence last given to [`Runtime::set_source_state`].
+    pub fn source_state(&self) -> Arc<String> {
+        self.source_state.load_full()
     }
 
     /// The current routing table, for one request.
@@ -108,10 +124,13 @@ impl Runtime {
     }
 
     /// Validates `data` and, if it is good, swaps it in; otherwise keeps the current table.
+    /// `persisted` is a rollback the configuration itself records (the ConfigMap's rollback
+    /// annotations), so a restarted or other replica keeps sending everything to stable.
     pub fn apply(
         &self,
         data: &BTreeMap<String, String>,
         revision: &str,
+        persisted: Option<RolledBack>,
     ) -> Result<(), ConfigError> {
         let config = match Config::from_map(data) {
             Ok(config) => config,
@@ -121,7 +140,8 @@ impl Runtime {
             }
         };
         let previous = self.routes.load_full();
-        let table = build_table(config, revision, previous.as_deref());
+        let mut table = build_table(config, revision, previous.as_deref());
+        table.rolled_back = persisted.map(Arc::new);
         self.routes.store(Some(Arc::new(table)));
         let table = self.routes.load_full().expect("just stored");
         self.last_error.store(None);
@@ -137,6 +157,7 @@ impl Runtime {
             weight_total = c.weight_total,
             blue = %c.upstream(Color::Blue),
             green = %c.upstream(Color::Green),
+            rolled_back = table.rolled_back.is_some(),
             "config applied"
         );
         Ok(())
@@ -156,11 +177,12 @@ impl Runtime {
     /// meanwhile (a reload wins over a rollback decided on the config it replaced).
     pub fn roll_back(&self, table: &Arc<RouteTable>, reason: String) {
         let canary = table.config.canary();
+        let at = rfc3339::format(SystemTime::now());
         let rolled = RouteTable {
             rolled_back: Some(Arc::new(RolledBack {
                 color: canary,
                 reason: reason.clone(),
-                at: SystemTime::now(),
+                at: at.clone(),
             })),
             ..RouteTable::clone(table)
         };
@@ -186,7 +208,7 @@ impl Runtime {
             canary,
             canary_upstream: table.config.upstream(canary).to_string(),
             reason,
-            at: SystemTime::now(),
+            at,
             revision: table.revision.clone(),
         });
     }

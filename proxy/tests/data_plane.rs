@@ -279,8 +279,14 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     proxy.signal("TERM");
-    let (ready, _) = proxy.admin_get("/readyz").await.unwrap();
-    assert_eq!(ready, 503, "readiness turns off while draining");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.admin_get("/readyz").await.unwrap().0 != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "readiness turns off while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let reply = in_flight
         .await
         .unwrap()

@@ -72,9 +72,10 @@ fn route(runtime: &Runtime, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if runtime.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" if runtime.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        "/readyz" => text(
+        "/readyz" => respond(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no configuration loaded yet\n",
+            "text/plain; charset=utf-8",
+            format!("no configuration loaded yet: {}\n", runtime.source_state()),
         ),
         "/status" => respond(StatusCode::OK, "application/json", status::render(runtime)),
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),

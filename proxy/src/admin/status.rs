@@ -1,10 +1,11 @@
 //! `GET /status`: the live state as JSON (field names are part of the contract).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::config::Color;
+use crate::rfc3339;
 use crate::rollback::decision::Verdict;
 use crate::route::RouteTable;
 use crate::runtime::Runtime;
@@ -13,6 +14,7 @@ use crate::runtime::Runtime;
 struct Status<'a> {
     revision: Option<&'a str>,
     source: &'a str,
+    source_state: &'a str,
     ready: bool,
     draining: bool,
     stable: Option<&'static str>,
@@ -72,9 +74,11 @@ pub fn render(runtime: &Runtime) -> Vec<u8> {
     let table = runtime.routes().clone();
     let table = table.as_deref();
     let now = runtime.now_ms();
+    let source_state = runtime.source_state();
     let status = Status {
         revision: table.map(|t| &*t.revision),
         source: &runtime.source,
+        source_state: &source_state,
         ready: runtime.is_ready(),
         draining: runtime.is_draining(),
         stable: table.map(|t| t.config.stable.as_str()),
@@ -96,7 +100,7 @@ pub fn render(runtime: &Runtime) -> Vec<u8> {
         rollback: table.map(|t| rollback(runtime, t, now)),
         last_config_error: runtime.last_error().map(|e| ConfigError {
             message: e.message.clone(),
-            at: rfc3339(e.at),
+            at: rfc3339::format(e.at),
         }),
     };
     serde_json::to_vec_pretty(&status).expect("status serialises")
@@ -160,43 +164,7 @@ fn rollback(runtime: &Runtime, table: &RouteTable, now: u64) -> Rollback {
         rolled_back: rolled.is_some(),
         color: rolled.map(|r| r.color.as_str()),
         reason: rolled.map(|r| r.reason.clone()),
-        at: rolled.map(|r| rfc3339(r.at)),
+        at: rolled.map(|r| r.at.clone()),
         verdict,
-    }
-}
-
-/// Formats `t` as RFC 3339 in UTC, to the second.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_651_200 + 3_723);
-        assert_eq!(rfc3339(t), "2026-11-26T01:02:03Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
     }
 }

@@ -25,7 +25,8 @@ type Read = Result<BTreeMap<String, String>, ConfigError>;
 /// Reads `path` and applies it; the error is the reason it could not be used.
 pub fn load(runtime: &Runtime, path: &std::path::Path) -> Result<(), ConfigError> {
     let data = source::read(path)?;
-    runtime.apply(&data, &source::revision(&data))
+    runtime.set_source_state(true, format!("following {}", path.display()));
+    runtime.apply(&data, &source::revision(&data), None)
 }
 
 /// Polls `path` until `shutdown` resolves, applying or rejecting each settled change.
@@ -51,10 +52,12 @@ pub async fn follow(runtime: Arc<Runtime>, path: PathBuf, shutdown: impl Future<
         candidate = None;
         match &read {
             Ok(data) => {
+                runtime.set_source_state(true, format!("following {}", path.display()));
                 // A rejection is logged and counted by the runtime.
-                let _ = runtime.apply(data, &source::revision(data));
+                let _ = runtime.apply(data, &source::revision(data), None);
             }
             Err(e) => {
+                runtime.set_source_state(false, e.to_string());
                 runtime.reject(e, "unreadable");
                 warn!(path = %path.display(), "keeping the last good config");
             }

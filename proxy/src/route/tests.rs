@@ -147,7 +147,7 @@ fn rolled_back_sends_everything_to_stable_overrides_included() {
     t.rolled_back = Some(Arc::new(RolledBack {
         color: Color::Green,
         reason: "test".into(),
-        at: std::time::SystemTime::now(),
+        at: "2026-11-26T08:00:00Z".into(),
     }));
     assert_eq!(
         canary_share(&t, 100, &headers(&[("x-canary", "always")])),

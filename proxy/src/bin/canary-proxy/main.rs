@@ -19,6 +19,9 @@ use canary_proxy::metrics::Metrics;
 use canary_proxy::runtime::Runtime;
 use canary_proxy::tls::Certificates;
 
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
+
 /// A blue/green traffic-splitting reverse proxy with rollback in the data path.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -83,8 +86,10 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // kube's own client logs every broken watch stream; the controller logs outages once.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube_client=error,kube_runtime=error")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -111,12 +116,28 @@ fn tokio_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runt
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("cannot register metrics")?;
-    let Some(path) = args.config.clone() else {
-        bail!("--configmap needs the Kubernetes controller, which this build does not include");
+    // true once shutdown has begun; every task holds a receiver.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
     };
-    let runtime = Runtime::new(metrics, format!("file:{}", path.display()));
-    config_watch::load(&runtime, &path)
-        .with_context(|| format!("no usable configuration at {}", path.display()))?;
+    let (runtime, source_task) = match (&args.config, &args.configmap) {
+        (Some(path), _) => {
+            let runtime = Runtime::new(metrics, format!("file:{}", path.display()));
+            config_watch::load(&runtime, path)
+                .with_context(|| format!("no usable configuration at {}", path.display()))?;
+            let follow =
+                config_watch::follow(runtime.clone(), path.clone(), stopped(stop_rx.clone()));
+            (runtime, tokio::spawn(follow))
+        }
+        #[cfg(feature = "kubernetes")]
+        (None, Some(target)) => {
+            let runtime = Runtime::new(metrics, format!("configmap:{target}"));
+            let task = kubernetes::start(runtime.clone(), target, stopped(stop_rx.clone())).await?;
+            (runtime, task)
+        }
+        _ => bail!("--configmap needs the `kubernetes` feature, which this build does not include"),
+    };
 
     let certificates = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -126,20 +147,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let data = bind(args.listen, "data").await?;
     let admin_listener = bind(args.admin_listen, "admin").await?;
-
-    // true once shutdown has begun; every task holds a receiver.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         runtime.clone(),
-        stopped(stop_rx.clone()),
-    ));
-    let watch_task = tokio::spawn(config_watch::follow(
-        runtime.clone(),
-        path,
         stopped(stop_rx.clone()),
     ));
     let tls = certificates.map(|certs| {
@@ -166,7 +176,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await;
 
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(admin_task, watch_task);
+    let _ = tokio::join!(admin_task, source_task);
     info!("stopped");
     Ok(())
 }
