@@ -7,10 +7,12 @@
 //! - [`proxy`]: starts a real `canary-proxy` child process and reads its admin endpoints.
 //! - [`upstream`]: the test upstream that names its color and injects faults on demand.
 //! - [`demo`]: the article's story played on loopback, with its checks, timeline and HTML report.
+//! - [`compare`]: the same load direct, through canary-proxy, NGINX and HAProxy.
 //! - [`admin`]: the small HTTP client for admin endpoints.
 //! - [`units`]: parsing of durations such as `10s` on the command line.
 
 pub mod admin;
+pub mod compare;
 pub mod demo;
 pub mod load;
 pub mod proxy;

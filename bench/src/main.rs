@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use canary_bench::compare::{self, CompareOptions};
 use canary_bench::demo::{self, DemoOptions};
 use canary_bench::load::{self, LoadConfig, Stop, Target, Workers};
 use canary_bench::proxy;
@@ -31,6 +32,37 @@ enum Command {
     /// 100 % -> 5 %, a fault in green and the automatic rollback; prints a timeline and
     /// writes an HTML report.
     Demo(DemoArgs),
+    /// The same load direct, through canary-proxy, NGINX and HAProxy (95/5 split, same CPU
+    /// budget, interleaved rounds): throughput, CPU per request, latency and memory.
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// The canary-proxy binary (default: next to this executable).
+    #[arg(long, env = "CANARY_BENCH_PROXY_BIN")]
+    proxy_bin: Option<PathBuf>,
+    /// Interleaved rounds per CPU plan.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Length of each measured run.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// The fixed rate at which CPU per request and latency are measured (open loop).
+    #[arg(long, default_value_t = 20000.0)]
+    rate: f64,
+    /// Connections of every run.
+    #[arg(long, short = 'c', default_value_t = 64)]
+    connections: usize,
+    /// Only the plan with each proxy pinned to one core (skip the all-cores plan).
+    #[arg(long)]
+    one_core_only: bool,
+    /// Keep the generated NGINX, HAProxy and canary-proxy configurations in this directory.
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    /// Print every round as JSON on stdout instead of the tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -111,6 +143,8 @@ fn main() -> anyhow::Result<()> {
         // The connections run on their own worker threads; this runtime only waits for them.
         Command::Load(args) => runtime(Some(1))?.block_on(run_load(args)),
         Command::Demo(args) => runtime(None)?.block_on(run_demo(args)),
+        // The load runs on its own pinned worker threads; this runtime starts processes and waits.
+        Command::Compare(args) => runtime(Some(1))?.block_on(run_compare(args)),
     }
 }
 
@@ -196,6 +230,30 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write the report {}", options.report.display()))?;
     println!("report     {}", options.report.display());
     anyhow::ensure!(result.passed(), "the demo's checks failed");
+    Ok(())
+}
+
+async fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
+    let options = CompareOptions {
+        proxy_bin: proxy::find_binary(args.proxy_bin)?,
+        rounds: args.rounds.max(1),
+        duration: args.duration,
+        rate: args.rate,
+        connections: args.connections,
+        one_core_only: args.one_core_only,
+        config_dir: args.config_dir,
+    };
+    let results = compare::run(&options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for result in &results {
+            println!(
+                "{}",
+                compare::table::render(result, options.rate, options.connections)
+            );
+        }
+    }
     Ok(())
 }
 

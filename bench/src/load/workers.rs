@@ -23,6 +23,11 @@ pub struct Workers {
 impl Workers {
     /// Starts `count` worker threads (at least one).
     pub fn new(count: usize) -> io::Result<Workers> {
+        Workers::pinned(count, &[])
+    }
+
+    /// Starts `count` worker threads allowed to run only on `cpus` (anywhere if empty).
+    pub fn pinned(count: usize, cpus: &[usize]) -> io::Result<Workers> {
         let mut workers = Workers {
             handles: Vec::new(),
             stops: Vec::new(),
@@ -33,12 +38,15 @@ impl Workers {
                 .enable_all()
                 .build()?;
             let (stop, stopped) = oneshot::channel::<()>();
+            let cpus = cpus.to_vec();
             workers.handles.push(runtime.handle().clone());
             workers.stops.push(stop);
             workers.threads.push(
                 std::thread::Builder::new()
                     .name(format!("load-{i}"))
                     .spawn(move || {
+                        // Pinning is best effort: an unpinned load still measures correctly.
+                        let _ = pin_current_thread(&cpus);
                         let _ = runtime.block_on(stopped);
                     })?,
             );
@@ -58,5 +66,27 @@ impl Drop for Workers {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+/// Restricts the calling thread to `cpus`; nothing to do if the list is empty.
+fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: cpu_set_t is a plain bit set for which all zeroes is the empty set; CPU_SET
+    // writes inside it (it ignores CPUs beyond its size); sched_setaffinity(0, ..) reads it and
+    // changes only the calling thread.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
