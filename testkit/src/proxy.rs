@@ -171,6 +171,11 @@ impl ProxyProcess {
         }
     }
 
+    /// The process id, for reading its costs in `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     /// Sends a signal (e.g. `"TERM"`) to the process.
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running").to_string();
