@@ -5,8 +5,10 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::rt::{Read, Write};
@@ -14,8 +16,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -161,6 +165,7 @@ pub async fn serve(
         let (builder, watcher, runtime) = (builder.clone(), graceful.watcher(), runtime.clone());
         let Some(tls) = tls.clone() else {
             let conn = ClientConn::new(runtime, peer, Scheme::Http);
+            let stream = Detecting::new(stream, limits.header_read_timeout);
             tokio::spawn(serve_connection(
                 TokioIo::new(stream),
                 conn,
@@ -174,6 +179,7 @@ pub async fn serve(
             match handshake.await {
                 Ok(Ok(stream)) => {
                     let conn = ClientConn::new(runtime, peer, Scheme::Https);
+                    let stream = Detecting::new(stream, limits.header_read_timeout);
                     serve_connection(TokioIo::new(stream), conn, builder, watcher).await;
                 }
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
@@ -234,6 +240,113 @@ pub fn http_builder(limits: Limits) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(limits.max_streams)
         .max_header_list_size(limits.max_header_bytes as u32);
     builder
+}
+
+/// The HTTP/2 client preface: hyper-util reads up to this much to tell HTTP/2 from HTTP/1.1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A client transport while its protocol is not known yet. hyper-util's protocol detection
+/// waits for bytes without a deadline, and hyper's header timeout starts only after it, so
+/// a client that connects and sends nothing, or sends the HTTP/2 preface a byte at a time,
+/// would hold its connection forever. Until the bytes tell the protocol apart, a read that
+/// waits past the header timeout fails; from then on this is a plain pass-through.
+pub struct Detecting<T> {
+    inner: T,
+    /// Preface bytes matched so far; `None` once the protocol is known.
+    matched: Option<usize>,
+    deadline: Instant,
+    /// Armed the first time a read waits before the protocol is known.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> Detecting<T> {
+    /// Wraps a new connection that must show its protocol within `timeout`.
+    pub fn new(inner: T, timeout: Duration) -> Detecting<T> {
+        Detecting {
+            inner,
+            matched: Some(0),
+            deadline: Instant::now() + timeout,
+            timer: None,
+        }
+    }
+
+    /// Follows the preface as hyper-util does: the protocol is known at the first byte that
+    /// differs from it, at the end of the stream, or once all of it has arrived.
+    fn saw(&mut self, read: &[u8]) {
+        let Some(matched) = self.matched else { return };
+        let n = read.len().min(H2_PREFACE.len() - matched);
+        let known = read.is_empty()
+            || read[..n] != H2_PREFACE[matched..matched + n]
+            || matched + n == H2_PREFACE.len();
+        if known {
+            self.matched = None;
+            self.timer = None;
+        } else {
+            self.matched = Some(matched + n);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Detecting<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.matched.is_none() {
+            return polled;
+        }
+        match polled {
+            Poll::Ready(Ok(())) => this.saw(&buf.filled()[before..]),
+            Poll::Ready(Err(_)) => {}
+            Poll::Pending => {
+                let deadline = this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request within the header timeout",
+                    )));
+                }
+            }
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Detecting<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// Backs off when `accept` fails (out of file descriptors, say) instead of spinning, and

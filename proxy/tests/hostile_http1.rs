@@ -1,0 +1,466 @@
+//! Hostile HTTP/1.1 clients against the real binary (RELIABILITY.md cases 1-10): smuggling,
+//! malformed heads, oversized heads, slow clients, oversized bodies, hop-by-hop headers,
+//! upgrade smuggling and spoofed forwarding headers. The upstream records every byte it
+//! receives, so "nothing reached the upstream" is checked on the wire.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use canary_testkit::faulty::{RawConn, RecordingUpstream};
+use canary_testkit::procfs;
+use canary_testkit::proxy::ProxyProcess;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_canary-proxy"))
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A proxy whose both colors are one recording upstream, with extra config keys.
+async fn proxy_to(upstream: &RecordingUpstream, extra: &[(&str, &str)]) -> ProxyProcess {
+    let authority = upstream.authority();
+    let mut config = vec![
+        ("blue.upstream", authority.as_str()),
+        ("green.upstream", authority.as_str()),
+    ];
+    config.extend_from_slice(extra);
+    ProxyProcess::start(bin(), &config).await.unwrap()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn cl_te_smuggling_never_reaches_the_upstream() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[]).await;
+    let attack = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n";
+    let reply = RawConn::exchange(proxy.addr, attack, WAIT).await;
+    // hyper frames the body by Transfer-Encoding, drops Content-Length, answers the request
+    // and closes the connection, so the bytes after the chunked body are never parsed.
+    assert!(reply.closed, "the connection stays open: {}", reply.text());
+    assert_eq!(reply.statuses(), [200], "{}", reply.text());
+    assert_eq!(upstream.requests(), 1);
+    assert_eq!(upstream.paths(), ["/"]);
+    // The proxy frames the (empty) body its own way: never the client's Content-Length.
+    let headers = upstream.last_headers().unwrap();
+    assert!(!headers.contains_key("content-length"), "{headers:?}");
+    assert!(!contains(&upstream.transcript(), b"/admin"));
+}
+
+#[tokio::test]
+async fn smuggling_corpus_gets_400_and_nothing_upstream() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[]).await;
+    let head = |headers: &str, body: &str| {
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\n{headers}\r\n{body}GET /admin HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+    };
+    let corpus = [
+        head("Content-Length: 5\r\nContent-Length: 6\r\n", "hello"),
+        head("Content-Length: +5\r\n", "hello"),
+        head("Content-Length: \r\n", ""),
+        head("Content-Length: 5, 6\r\n", "hello"),
+        head("Transfer-Encoding: chunked, identity\r\n", "0\r\n\r\n"),
+        head("Transfer-Encoding: xchunked\r\n", "0\r\n\r\n"),
+        head("Transfer-Encoding: identity\r\n", "0\r\n\r\n"),
+        "POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+        head("Transfer-Encoding: chunked\r\n", "ffffffffffffffff1\r\nhello\r\n0\r\n\r\n"),
+        head("Transfer-Encoding: chunked\r\n", "5;a\nb\r\nhello\r\n0\r\n\r\n"),
+        head("Transfer-Encoding: chunked\r\n", "5\r\nhelloXX0\r\n\r\n"),
+        head("Transfer-Encoding: chunked\r\n", "zz\r\nhello\r\n0\r\n\r\n"),
+        head(" Transfer-Encoding: chunked\r\n", "0\r\n\r\n"),
+        head("Transfer-Encoding : chunked\r\n", "0\r\n\r\n"),
+    ];
+    for attack in &corpus {
+        let reply = RawConn::exchange(proxy.addr, attack.as_bytes(), WAIT).await;
+        assert_eq!(reply.statuses(), [400], "{attack:?} got {}", reply.text());
+        assert!(reply.closed, "{attack:?}: the connection stays open");
+    }
+    assert_eq!(upstream.requests(), 0, "{:?}", upstream.paths());
+    assert!(upstream.transcript().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_heads_get_400_and_underscores_are_dropped() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[]).await;
+    let refused = [
+        ("GET / HTTP/1.1\r\n: x\r\nHost: x\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n",
+            400,
+        ),
+        ("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n", 400),
+        ("GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        ("G\0T / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        ("GET / HTTP/1.2\r\nHost: x\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+        ("TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+    ];
+    for (request, status) in refused {
+        let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+        conn.send(request.as_bytes()).await.unwrap();
+        let reply = conn.read_responses(1, WAIT).await;
+        assert_eq!(
+            reply.statuses(),
+            [status],
+            "{request:?} got {}",
+            reply.text()
+        );
+    }
+    assert_eq!(upstream.requests(), 0, "{:?}", upstream.paths());
+
+    // The absolute-form authority decides; an underscored header is dropped (NGINX's way).
+    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    conn.send(
+        b"GET http://a.example/p HTTP/1.1\r\nHost: b.example\r\nX_Auth: 1\r\nX-Auth: 2\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let reply = conn.read_responses(1, WAIT).await;
+    assert_eq!(reply.statuses(), [200], "{}", reply.text());
+    assert_eq!(upstream.paths(), ["/p"]);
+    let headers = upstream.last_headers().unwrap();
+    assert_eq!(headers["host"], "a.example");
+    assert!(!headers.contains_key("x_auth"));
+    assert_eq!(headers["x-auth"], "2");
+}
+
+/// Sends `request` `times` times over `conns` parallel connections, a new connection for each
+/// request; returns the statuses seen.
+async fn hammer(addr: std::net::SocketAddr, request: &[u8], times: usize) -> Vec<u16> {
+    let conns = 8;
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let request = request.to_vec();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..times / conns {
+                    let mut conn = RawConn::connect(addr).await.unwrap();
+                    conn.send(&request).await.unwrap();
+                    statuses.extend(conn.read_responses(1, WAIT).await.statuses());
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.extend(task.await.unwrap());
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn header_limits_give_431_and_414_without_growing() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[]).await;
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases = [
+        (format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"), 431),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "a".repeat(9 * 1024)
+            ),
+            431,
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(10 * 1024)),
+            414,
+        ),
+        // hyper alone would take this one: the read buffer limit refuses it.
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Huge: {}\r\n\r\n",
+                "a".repeat(300 * 1024)
+            ),
+            431,
+        ),
+    ];
+    // A first round warms the allocator; the second must not grow the process.
+    for (request, status) in &cases {
+        assert!(
+            hammer(proxy.addr, request.as_bytes(), 16)
+                .await
+                .iter()
+                .all(|s| s == status)
+        );
+    }
+    let before = procfs::rss_kib(proxy.pid());
+    let started = Instant::now();
+    for (request, status) in &cases {
+        let times = if request.len() > 100_000 { 200 } else { 1000 };
+        let statuses = hammer(proxy.addr, request.as_bytes(), times).await;
+        assert_eq!(statuses.len(), times, "every request answered");
+        assert!(
+            statuses.iter().all(|s| s == status),
+            "{status}: {statuses:?}"
+        );
+    }
+    let after = procfs::rss_kib(proxy.pid());
+    eprintln!(
+        "3,200 oversized requests in {:?}: RSS {before} KiB -> {after} KiB",
+        started.elapsed()
+    );
+    assert!(
+        after < before + 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    assert_eq!(upstream.requests(), 0);
+}
+
+#[tokio::test]
+async fn slow_and_silent_clients_are_closed_at_the_header_timeout() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[]).await;
+    let pid = proxy.pid();
+    let baseline = procfs::open_fds(pid);
+    // A third send nothing, a third trickle a request head, a third trickle an HTTP/2 preface.
+    let mut conns = Vec::new();
+    for i in 0..60 {
+        let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+        match i % 3 {
+            1 => conn.send(b"G").await.unwrap(),
+            2 => conn.send(b"PRI").await.unwrap(),
+            _ => {}
+        }
+        conns.push((i % 3, conn));
+    }
+    let started = Instant::now();
+    // The rest of a request head (then an endless header value), and the rest of the preface.
+    let head = b"ET / HTTP/1.1\r\nX-A: ";
+    let preface = b" * HTTP/2.0\r\n\r\n";
+    let mut sent = 0;
+    let mut open = conns.len();
+    // The header timeout is 10 s; every connection must be gone well before 14 s.
+    while open > 0 && started.elapsed() < Duration::from_secs(14) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        open = 0;
+        for (kind, conn) in &mut conns {
+            let byte = match kind {
+                1 => Some(*head.get(sent).unwrap_or(&b'a')),
+                2 => preface.get(sent).copied(),
+                _ => None,
+            };
+            if let Some(byte) = byte {
+                let _ = conn.send(&[byte]).await;
+            }
+            if !conn
+                .read_until_closed(Duration::from_millis(1))
+                .await
+                .closed
+            {
+                open += 1;
+            }
+        }
+        sent += 1;
+    }
+    let took = started.elapsed();
+    eprintln!("60 slow clients all closed after {took:?}");
+    assert_eq!(open, 0, "{open} slow connections still open after {took:?}");
+    assert!(
+        took > Duration::from_secs(5),
+        "closed before the timeout: {took:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while procfs::open_fds(pid) > baseline && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        procfs::open_fds(pid) <= baseline,
+        "fds not back to {baseline}"
+    );
+    assert_eq!(upstream.requests(), 0);
+    assert_eq!(proxy.client().get("/", &[]).await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_stalled_body_gets_408_and_the_upstream_request_is_aborted() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[("timeout.client-body", "500ms")]).await;
+
+    // No body byte at all: answered before anything goes upstream.
+    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = conn.read_until_closed(WAIT).await;
+    assert_eq!(reply.statuses(), [408], "{}", reply.text());
+    assert!(reply.closed);
+    assert_eq!(upstream.requests(), 0);
+
+    // Some body, then a stall: the upstream has the request, and sees it cut off.
+    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let reply = conn.read_until_closed(WAIT).await;
+    assert_eq!(reply.statuses(), [408], "{}", reply.text());
+    assert!(reply.closed);
+    let deadline = Instant::now() + WAIT;
+    while upstream.aborted() < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((upstream.requests(), upstream.aborted()), (1, 1));
+    // The client stalled: nothing is held against the upstream.
+    assert_eq!(
+        proxy
+            .metric("canary_proxy_upstream_errors_total{color=\"blue\",kind=\"reset\"}")
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn body_limit_gives_413() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[("limit.request-body", "64k")]).await;
+    let pid = proxy.pid();
+    let mut before = 0;
+    // The first round warms the allocator; the later ones must not grow the process.
+    for round in 0..10 {
+        if round == 1 {
+            before = procfs::rss_kib(pid);
+        }
+        refuse_large_bodies(&proxy, &upstream, round + 1).await;
+    }
+    let after = procfs::rss_kib(pid);
+    eprintln!("oversized bodies: RSS {before} -> {after} KiB");
+    assert!(after < before + 2048, "RSS {before} -> {after} KiB");
+}
+
+/// The `n`th round of [`body_limit_gives_413`]: a declared and a streamed oversized body.
+async fn refuse_large_bodies(proxy: &ProxyProcess, upstream: &RecordingUpstream, n: u64) {
+    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2147483648\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = conn.read_responses(1, WAIT).await;
+    assert_eq!(reply.statuses(), [413], "{}", reply.text());
+    assert_eq!(upstream.requests(), n - 1);
+
+    // A chunked body that crosses the limit on its way: the upstream sees it cut off.
+    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = format!("4000\r\n{}\r\n", "a".repeat(0x4000));
+    for _ in 0..8 {
+        if conn.send(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let reply = conn.read_until_closed(WAIT).await;
+    assert_eq!(reply.statuses(), [413], "{}", reply.text());
+    assert!(reply.closed);
+    let deadline = Instant::now() + WAIT;
+    while upstream.aborted() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((upstream.requests(), upstream.aborted()), (n, n));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_both_ways() {
+    let upstream = RecordingUpstream::start().await;
+    upstream.set_response_headers(&[
+        ("connection", "x-backend"),
+        ("x-backend", "1"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-authenticate", "Basic"),
+    ]);
+    let proxy = proxy_to(&upstream, &[]).await;
+    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    conn.send(
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, X-Forwarded-For, X-Auth-User\r\n\
+          X-Forwarded-For: 1.2.3.4\r\nX-Auth-User: admin\r\nKeep-Alive: 300\r\n\
+          Proxy-Connection: keep-alive\r\nTE: gzip\r\nUpgrade: foo\r\nProxy-Authorization: Basic eA==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let reply = conn.read_until_closed(WAIT).await;
+    assert_eq!(reply.statuses(), [200], "{}", reply.text());
+    let headers = upstream.last_headers().unwrap();
+    for gone in [
+        "x-auth-user",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+    ] {
+        assert!(!headers.contains_key(gone), "{gone} reached the upstream");
+    }
+    // The proxy's own X-Forwarded-For, added after the client's was removed.
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    let response = reply.text().to_ascii_lowercase();
+    for gone in ["x-backend", "keep-alive", "proxy-authenticate"] {
+        assert!(
+            !response.contains(gone),
+            "{gone} reached the client: {response}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_upgrade_does_not_open_a_tunnel() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[]).await;
+    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    conn.send(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\
+          GET /admin HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let reply = conn.read_responses(2, WAIT).await;
+    // The upstream answered 200, not 101: /admin is a request of its own, routed as such,
+    // or the connection is closed; it never travels as raw bytes inside a tunnel.
+    let paths = upstream.paths();
+    let statuses = reply.statuses();
+    assert!(
+        statuses == [200, 200] && paths == ["/ws", "/admin"] || statuses == [200] && reply.closed,
+        "{statuses:?} {paths:?} {}",
+        reply.text()
+    );
+    let transcript = upstream.transcript();
+    let raw = transcript
+        .windows(b"GET /admin".len())
+        .filter(|w| *w == b"GET /admin")
+        .count();
+    assert_eq!(
+        raw,
+        paths.iter().filter(|p| *p == "/admin").count(),
+        "every /admin the upstream got was parsed as a request"
+    );
+}
+
+#[tokio::test]
+async fn forwarded_headers_follow_trusted_hops() {
+    let upstream = RecordingUpstream::start().await;
+    let spoof = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\n\
+                  X-Forwarded-Proto: https\r\nForwarded: for=1.2.3.4\r\n\r\n";
+    let peer = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    for (hops, xff, proto) in [
+        ("0", "127.0.0.2", "http"),
+        ("1", "1.2.3.4, 127.0.0.2", "https"),
+    ] {
+        let proxy = proxy_to(&upstream, &[("forwarded.trusted-hops", hops)]).await;
+        let mut conn = RawConn::connect_from(peer, proxy.addr).await.unwrap();
+        conn.send(spoof).await.unwrap();
+        assert_eq!(conn.read_responses(1, WAIT).await.statuses(), [200]);
+        let headers = upstream.last_headers().unwrap();
+        assert_eq!(headers["x-forwarded-for"], xff, "trusted hops {hops}");
+        assert_eq!(headers["x-forwarded-proto"], proto, "trusted hops {hops}");
+        assert_eq!(headers.contains_key("forwarded"), hops != "0");
+    }
+}
