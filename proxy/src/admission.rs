@@ -22,7 +22,11 @@ pub fn admit(head: &mut request::Parts, policy: &ClientPolicy) -> Result<(), Ref
         // TRACE would reflect headers (cookies included) back to a script.
         return Err((StatusCode::METHOD_NOT_ALLOWED, "TRACE is not allowed\n"));
     }
-    if head.uri.to_string().len() > MAX_URI {
+    let uri = &head.uri;
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.scheme_str().map_or(0, str::len);
+    if target > MAX_URI {
         return Err((StatusCode::URI_TOO_LONG, "request target too long\n"));
     }
     let hosts = head.headers.get_all(HOST).iter().count();

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use http::header::Entry;
 use http::header::{
     CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
     TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
@@ -38,12 +39,24 @@ impl Scheme {
     }
 }
 
-/// Rewrites a client request's head for the upstream, whatever its protocol. With
-/// `trusted_hops` at 0 the client's own `X-Forwarded-*` and `Forwarded` are discarded, since
-/// anyone can send them; otherwise they were set by a trusted proxy in front and are kept.
-pub fn to_upstream(head: &mut request::Parts, client: IpAddr, scheme: Scheme, trusted_hops: u32) {
+/// Rewrites a client request's head for the upstream, whatever its protocol. `client` is the
+/// client's address as a header value. With `trusted_hops` at 0 the client's own
+/// `X-Forwarded-*` and `Forwarded` are discarded, since anyone can send them; otherwise they
+/// were set by a trusted proxy in front and are kept.
+pub fn to_upstream(
+    head: &mut request::Parts,
+    client: &HeaderValue,
+    scheme: Scheme,
+    trusted_hops: u32,
+) {
     let via = via_value(head.version);
-    if trusted_hops == 0 {
+    // One pass over the names: most requests carry none of the headers looked for below.
+    let (mut hop, mut forwarded) = (false, false);
+    for name in head.headers.keys() {
+        hop |= is_hop_by_hop(name);
+        forwarded |= is_forwarding(name);
+    }
+    if forwarded && trusted_hops == 0 {
         for name in [
             &X_FORWARDED_FOR,
             &X_FORWARDED_PROTO,
@@ -53,12 +66,14 @@ pub fn to_upstream(head: &mut request::Parts, client: IpAddr, scheme: Scheme, tr
             head.headers.remove(name);
         }
     }
-    // `TE: trailers` is the one TE an HTTP/2 upstream must see (gRPC requires it).
-    let te_trailers = head.headers.get(TE).is_some_and(|v| v == "trailers");
-    strip_hop_by_hop(&mut head.headers);
-    if te_trailers {
-        head.headers
-            .insert(TE, HeaderValue::from_static("trailers"));
+    if hop {
+        // `TE: trailers` is the one TE an HTTP/2 upstream must see (gRPC requires it).
+        let te_trailers = head.headers.get(TE).is_some_and(|v| v == "trailers");
+        strip_hop_by_hop(&mut head.headers);
+        if te_trailers {
+            head.headers
+                .insert(TE, HeaderValue::from_static("trailers"));
+        }
     }
 
     // The target's authority (HTTP/2 `:authority`, or an absolute-form HTTP/1.1 target) wins
@@ -70,16 +85,52 @@ pub fn to_upstream(head: &mut request::Parts, client: IpAddr, scheme: Scheme, tr
     if let Some(authority) = authority {
         head.headers.insert(HOST, authority);
     }
+    let keep_forwarded = forwarded && trusted_hops > 0;
     if let Some(host) = head.headers.get(HOST).cloned()
-        && !head.headers.contains_key(&X_FORWARDED_HOST)
+        && !(keep_forwarded && head.headers.contains_key(&X_FORWARDED_HOST))
     {
         head.headers.insert(&X_FORWARDED_HOST, host);
     }
-    append_forwarded_for(&mut head.headers, client);
-    if !head.headers.contains_key(&X_FORWARDED_PROTO) {
+    if keep_forwarded {
+        append(&mut head.headers, X_FORWARDED_FOR.clone(), client.clone());
+    } else {
+        head.headers.insert(&X_FORWARDED_FOR, client.clone());
+    }
+    if !(keep_forwarded && head.headers.contains_key(&X_FORWARDED_PROTO)) {
         head.headers.insert(&X_FORWARDED_PROTO, scheme.value());
     }
     append(&mut head.headers, VIA, via);
+}
+
+/// The client's address as the value `X-Forwarded-For` carries (IPv4-mapped IPv6 as IPv4);
+/// made once per connection.
+pub fn client_value(ip: IpAddr) -> HeaderValue {
+    let text = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    HeaderValue::from_str(&text).expect("an IP address is a valid header value")
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == TRAILER
+        || name == PROXY_AUTHORIZATION
+        || name == PROXY_AUTHENTICATE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+fn is_forwarding(name: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+        || name == FORWARDED
 }
 
 /// Puts a request in HTTP/1.1 form: origin-form target, `Host` header, no `TE`.
@@ -126,7 +177,9 @@ fn path_of(uri: &Uri) -> PathAndQuery {
 
 /// Rewrites an upstream response's head for the client.
 pub fn to_client(head: &mut response::Parts) {
-    strip_hop_by_hop(&mut head.headers);
+    if head.headers.keys().any(is_hop_by_hop) {
+        strip_hop_by_hop(&mut head.headers);
+    }
     append(&mut head.headers, VIA, via_value(Version::HTTP_11));
 }
 
@@ -160,29 +213,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let mut buf = itoa_ip(client);
-    if let Some(existing) = headers.get(&X_FORWARDED_FOR) {
-        let mut joined = Vec::with_capacity(existing.len() + 2 + buf.len());
-        joined.extend_from_slice(existing.as_bytes());
-        joined.extend_from_slice(b", ");
-        joined.extend_from_slice(buf.as_bytes());
-        buf = String::from_utf8(joined).unwrap_or(buf);
-    }
-    if let Ok(value) = HeaderValue::from_str(&buf) {
-        headers.insert(&X_FORWARDED_FOR, value);
-    }
-}
-
-fn itoa_ip(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
-        IpAddr::V4(v4) => v4.to_string(),
-    }
-}
-
 fn via_value(version: Version) -> HeaderValue {
     HeaderValue::from_static(match version {
         Version::HTTP_2 => "2 canary-proxy",
@@ -193,16 +223,16 @@ fn via_value(version: Version) -> HeaderValue {
 
 /// Appends `value` to a comma-list header, as one field.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
-    match headers.get(&name) {
-        None => {
-            headers.insert(name, value);
+    match headers.entry(name) {
+        Entry::Vacant(entry) => {
+            entry.insert(value);
         }
-        Some(existing) => {
-            let mut joined = existing.as_bytes().to_vec();
+        Entry::Occupied(mut entry) => {
+            let mut joined = entry.get().as_bytes().to_vec();
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(value.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&joined) {
-                headers.insert(name, v);
+                entry.insert(v);
             }
         }
     }
@@ -229,7 +259,12 @@ mod tests {
             .body(())
             .unwrap();
         let (mut head, ()) = req.into_parts();
-        to_upstream(&mut head, "10.0.0.9".parse().unwrap(), Scheme::Http, 1);
+        to_upstream(
+            &mut head,
+            &client_value("10.0.0.9".parse().unwrap()),
+            Scheme::Http,
+            1,
+        );
         let mut req = Request::from_parts(head, ());
         for_http1(&mut req);
         let (head, ()) = req.into_parts();
@@ -263,7 +298,7 @@ mod tests {
         let (mut head, ()) = req.into_parts();
         to_upstream(
             &mut head,
-            "::ffff:127.0.0.1".parse().unwrap(),
+            &client_value("::ffff:127.0.0.1".parse().unwrap()),
             Scheme::Https,
             0,
         );
@@ -285,7 +320,12 @@ mod tests {
             .body(())
             .unwrap();
         let (mut head, ()) = req.into_parts();
-        to_upstream(&mut head, "10.0.0.1".parse().unwrap(), Scheme::Http, 0);
+        to_upstream(
+            &mut head,
+            &client_value("10.0.0.1".parse().unwrap()),
+            Scheme::Http,
+            0,
+        );
         let mut req = Request::from_parts(head, ());
         let upstream = UpstreamAddr {
             authority: "10.1.1.1:50051".parse().unwrap(),
@@ -313,7 +353,12 @@ mod tests {
             .body(())
             .unwrap();
         let (mut head, ()) = req.into_parts();
-        to_upstream(&mut head, "127.0.0.2".parse().unwrap(), Scheme::Http, 0);
+        to_upstream(
+            &mut head,
+            &client_value("127.0.0.2".parse().unwrap()),
+            Scheme::Http,
+            0,
+        );
         let h = &head.headers;
         assert_eq!(h["x-forwarded-for"], "127.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "http");

@@ -23,7 +23,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use crate::headers::Scheme;
+use http::HeaderValue;
+
+use crate::headers::{self, Scheme};
 use crate::proxy;
 use crate::runtime::Runtime;
 
@@ -64,6 +66,8 @@ pub struct ClientConn {
     pub peer: SocketAddr,
     /// How the client reached the proxy.
     pub scheme: Scheme,
+    /// The client's address as `X-Forwarded-For` carries it, made once per connection.
+    pub client_value: HeaderValue,
     /// Requests (HTTP/2 streams) started on this connection.
     started: AtomicU32,
     /// Those the client cancelled before their response was ready (HTTP/2 rapid reset).
@@ -80,6 +84,7 @@ impl ClientConn {
             runtime,
             peer,
             scheme,
+            client_value: headers::client_value(peer.ip()),
             started: AtomicU32::new(0),
             cancelled: AtomicU32::new(0),
             closing: AtomicBool::new(false),

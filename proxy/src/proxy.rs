@@ -58,7 +58,12 @@ async fn respond(conn: &ClientConn, mut req: Request<Incoming>) -> Response<Resp
         return client_fault(fault);
     }
     let color = table.choose(&head.headers);
-    headers::to_upstream(&mut head, conn.peer.ip(), conn.scheme, policy.trusted_hops);
+    headers::to_upstream(
+        &mut head,
+        &conn.client_value,
+        conn.scheme,
+        policy.trusted_hops,
+    );
     if let Some((protocol, _)) = &upgrade {
         head.headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
