@@ -104,3 +104,45 @@ fn injected_errors_are_counted_alike_by_both_sides() {
     let (status, body) = http(addr, "POST", "/fault", r#"{"bogus":1}"#);
     assert_eq!(status, 400, "{body}");
 }
+
+/// A server that answers three requests per connection, the third with `Connection: close`,
+/// then closes, as NGINX does after `keepalive_requests`.
+fn closing_server() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(100).flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut writer = stream;
+                for answer in 1..=3 {
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        line.clear();
+                    }
+                    let close = if answer == 3 {
+                        "Connection: close\r\n"
+                    } else {
+                        ""
+                    };
+                    let body = r#"{"color":"blue"}"#;
+                    let _ = write!(
+                        writer,
+                        "HTTP/1.1 200 OK\r\nx-color: blue\r\n{close}Content-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_server_closing_connections_costs_no_errors() {
+    let addr = closing_server();
+    let report = load(&format!("http://{addr}/"), &["-c", "2", "-n", "30"]);
+    assert_eq!(report["responses"].as_u64(), Some(30), "{report:#}");
+    assert_eq!(report["errors"]["io"], 0, "{report:#}");
+}

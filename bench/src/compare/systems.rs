@@ -240,8 +240,8 @@ pub fn nginx_config(
     format!(
         "worker_processes {workers};\ndaemon off;\nmaster_process on;\npid {dir}/nginx.pid;\n\
          error_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 4096; multi_accept on; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {dir}/client_body;\n  proxy_temp_path {dir}/proxy;\n\
-         \x20 upstream colors {{\n    server {blue} weight=95;\n    server {green} weight=5;\n    keepalive 256;\n  }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {dir}/client_body;\n  proxy_temp_path {dir}/proxy;\n\
+         \x20 upstream colors {{\n    server {blue} weight=95;\n    server {green} weight=5;\n    keepalive 256;\n    keepalive_requests 1000000;\n  }}\n\
          \x20 server {{\n    listen {listen} backlog=4096;\n    location / {{\n      proxy_pass http://colors;\n\
          \x20     proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n\
          \x20     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }}\n  }}\n}}\n"

@@ -98,6 +98,29 @@ enum Failure {
     Timeout,
     /// The connection failed during the exchange.
     Io,
+    /// The connection was found closed before the request was sent (the server closed it
+    /// while idle): the request is resent on a new connection, not counted as failed.
+    Closed,
+}
+
+/// How a session over one connection ended.
+enum SessionEnd {
+    /// The run is over for this connection.
+    Done,
+    /// The connection failed or the server closed it after an answer: connect anew.
+    Reconnect,
+    /// The connection was closed before this request, started at the given time, left:
+    /// connect anew and send it.
+    Resend(Instant),
+}
+
+/// Whether a hyper error means the request never left (the connection was already closed).
+fn unsent(err: &hyper::Error) -> Failure {
+    if err.is_canceled() || err.is_closed() {
+        Failure::Closed
+    } else {
+        Failure::Io
+    }
 }
 
 impl Sender {
@@ -128,20 +151,14 @@ impl Sender {
     async fn exchange(&mut self, config: &LoadConfig) -> Result<Response<()>, Failure> {
         let response: Response<Incoming> = match self {
             Sender::H1(sender) => {
-                sender.ready().await.map_err(|_| Failure::Io)?;
+                sender.ready().await.map_err(|_| Failure::Closed)?;
                 let request = config.target.request(false, Empty::new());
-                sender
-                    .send_request(request)
-                    .await
-                    .map_err(|_| Failure::Io)?
+                sender.send_request(request).await.map_err(|e| unsent(&e))?
             }
             Sender::H2(sender) => {
-                sender.ready().await.map_err(|_| Failure::Io)?;
+                sender.ready().await.map_err(|_| Failure::Closed)?;
                 let request = config.target.request(true, Empty::new());
-                sender
-                    .send_request(request)
-                    .await
-                    .map_err(|_| Failure::Io)?
+                sender.send_request(request).await.map_err(|e| unsent(&e))?
             }
         };
         let (parts, mut body) = response.into_parts();
@@ -242,21 +259,30 @@ impl Runner<'_> {
                 match failure {
                     Failure::Timeout => outcome.errors.timeout += 1,
                     Failure::Connect => outcome.errors.connect += 1,
-                    Failure::Io => outcome.errors.io += 1,
+                    Failure::Io | Failure::Closed => outcome.errors.io += 1,
                 }
             }
         }
     }
 
     /// Sends requests over one open connection, starting with the one due at `first`, until
-    /// the run ends (`true`) or the connection fails (`false`).
-    async fn session(&mut self, first: Instant, mut sender: Sender, mut driver: Driver) -> bool {
+    /// the run ends or the connection does.
+    async fn session(
+        &mut self,
+        first: Instant,
+        mut sender: Sender,
+        mut driver: Driver,
+    ) -> SessionEnd {
         let timeout = self.shared.config.timeout;
         // One coarse watchdog per connection rather than a timer per request: arming and
         // cancelling a timer for each request costs more than the rest of the client's work.
         let mut watchdog = tokio::time::interval((timeout / 4).max(Duration::from_millis(1)));
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut start = first;
+        let mut answered = false;
+        // Set once the connection's I/O has ended; the exchange in flight may still finish
+        // with what was read before the close, but nothing more is sent on it.
+        let mut closed = false;
         loop {
             let sent = Instant::now();
             let result = {
@@ -266,7 +292,7 @@ impl Runner<'_> {
                     tokio::select! {
                         biased;
                         result = &mut exchange => break result,
-                        () = &mut driver => break Err(Failure::Io),
+                        () = &mut driver, if !closed => closed = true,
                         _ = watchdog.tick() => {
                             if sent.elapsed() >= timeout {
                                 break Err(Failure::Timeout);
@@ -275,17 +301,34 @@ impl Runner<'_> {
                     }
                 }
             };
-            let failed = result.is_err();
+            let end = match &result {
+                // A connection that has answered before and is now closed was closed by the
+                // server between requests; one that never answered is broken.
+                Err(Failure::Closed) if answered => return SessionEnd::Resend(start),
+                Err(_) => Some(SessionEnd::Reconnect),
+                // The server closed after answering (NGINX does after keepalive_requests).
+                Ok(response) if closed || closes(response) => Some(SessionEnd::Reconnect),
+                Ok(_) => None,
+            };
+            answered = true;
             self.record(start, result);
-            if failed {
-                return false;
+            if let Some(end) = end {
+                return end;
             }
             match self.next_start().await {
                 Some(next) => start = next,
-                None => return true,
+                None => return SessionEnd::Done,
             }
         }
     }
+}
+
+/// Whether an HTTP/1.1 answer closes its connection.
+fn closes(response: &Response<()>) -> bool {
+    response
+        .headers()
+        .get(http::header::CONNECTION)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// Runs one connection until its plan or the stop signal ends it.
@@ -310,17 +353,24 @@ pub(crate) async fn drive(
         },
     };
     let timeout = shared.config.timeout;
-    while let Some(start) = runner.next_start().await {
+    let mut resend = None;
+    loop {
+        let start = match resend.take() {
+            Some(start) => start,
+            None => match runner.next_start().await {
+                Some(start) => start,
+                None => break,
+            },
+        };
         let connected = tokio::time::timeout(timeout, Sender::connect(&shared.config))
             .await
             .unwrap_or(Err(Failure::Connect));
         match connected {
-            // A failed session is followed by a new connection for the next request.
-            Ok((sender, driver)) => {
-                if runner.session(start, sender, driver).await {
-                    break;
-                }
-            }
+            Ok((sender, driver)) => match runner.session(start, sender, driver).await {
+                SessionEnd::Done => break,
+                SessionEnd::Reconnect => {}
+                SessionEnd::Resend(start) => resend = Some(start),
+            },
             Err(failure) => {
                 runner.record(start, Err(failure));
                 // A dead target is not hammered in a tight loop.
