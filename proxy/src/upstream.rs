@@ -11,6 +11,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -128,6 +129,14 @@ impl Upstream {
             };
             let sent = tokio::time::timeout(timeouts.request, sender.try_send_request(req)).await;
             match sent {
+                Ok(Ok(response)) if ambiguous_length(&response) => {
+                    // The connection is dropped with the sender: its framing cannot be trusted.
+                    return Err(Failure {
+                        fault: Fault::Upstream(ErrorKind::Reset),
+                        error: "the response has both Transfer-Encoding and Content-Length".into(),
+                        request: None,
+                    });
+                }
                 Ok(Ok(response)) => return Ok((response, Lease(Some((sender, self.key))))),
                 Ok(Err(mut e)) => match e.take_message() {
                     // The connection closed before the request was written: try another.
@@ -281,6 +290,14 @@ fn exchange_failure(error: hyper::Error, unsent: Option<Request<RequestBody>>) -
         error: error.to_string(),
         request: unsent,
     }
+}
+
+/// A response framed by both `Transfer-Encoding` and `Content-Length`: hyper reads it by the
+/// former, but the upstream and the proxy may disagree on where it ends (response
+/// smuggling), so it is refused with a 502 as NGINX does (RFC 9112 §6.3).
+fn ambiguous_length(response: &Response<Incoming>) -> bool {
+    let headers = response.headers();
+    headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH)
 }
 
 fn timeout(after: Duration) -> Failure {

@@ -231,6 +231,8 @@ struct Scripted {
     script: Mutex<Script>,
     connections: AtomicU64,
     requests: AtomicU64,
+    /// Requests that came on a connection that had already carried one.
+    reused: AtomicU64,
 }
 
 impl ScriptedUpstream {
@@ -242,6 +244,7 @@ impl ScriptedUpstream {
             script: Mutex::new(script),
             connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
         });
         let task = tokio::spawn({
             let state = state.clone();
@@ -274,6 +277,11 @@ impl ScriptedUpstream {
     pub fn requests(&self) -> u64 {
         self.state.requests.load(SeqCst)
     }
+
+    /// Requests that came on a connection that had already carried one (a pooled one).
+    pub fn reused(&self) -> u64 {
+        self.state.reused.load(SeqCst)
+    }
 }
 
 impl Drop for ScriptedUpstream {
@@ -286,6 +294,7 @@ const OK_KEEP_ALIVE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-color: 
 
 async fn follow(mut stream: TcpStream, state: Arc<Scripted>) {
     let mut buf = Vec::with_capacity(4096);
+    let mut served = 0;
     loop {
         let idle = match &*state.script.lock().expect("lock") {
             Script::CloseWhenIdle(idle) => Some(*idle),
@@ -303,6 +312,10 @@ async fn follow(mut stream: TcpStream, state: Arc<Scripted>) {
             return;
         }
         state.requests.fetch_add(1, SeqCst);
+        if served > 0 {
+            state.reused.fetch_add(1, SeqCst);
+        }
+        served += 1;
         let script = state.script.lock().expect("lock").clone();
         match script {
             Script::Reply(bytes) => {
