@@ -4,7 +4,7 @@
 //! an upstream.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Color;
 use crate::metrics::ErrorKind;
@@ -24,12 +24,14 @@ pub enum Outcome {
 }
 
 impl Runtime {
-    /// Counts `outcome` for `color` and, on a canary failure, applies the rollback rule.
+    /// Counts `outcome` for `color` of an exchange that began at `started` and got its
+    /// answer `latency` later, and, on a canary failure, applies the rollback rule.
     pub fn account(
         &self,
         table: &Arc<RouteTable>,
         color: Color,
         outcome: Outcome,
+        started: Instant,
         latency: Duration,
     ) {
         let metrics = self.metrics.color(color);
@@ -58,7 +60,8 @@ impl Runtime {
                 true
             }
         };
-        let now = self.now_ms();
+        // The window's clock, without reading the system clock again.
+        let now = self.ms_at(started + latency);
         let latency = (!matches!(outcome, Outcome::NoResponse(_))).then_some(latency);
         table.windows[color.index()].record(now, failed, latency);
 

@@ -95,6 +95,7 @@ async fn forward(
                             table,
                             color,
                             Outcome::NoResponse(ErrorKind::Reset),
+                            started,
                             latency,
                         );
                         return local(
@@ -102,22 +103,23 @@ async fn forward(
                             "the upstream switched protocols unasked\n",
                         );
                     };
-                    runtime.account(table, color, Outcome::Response(101), latency);
+                    runtime.account(table, color, Outcome::Response(101), started, latency);
                     tokio::spawn(tunnel(client, hyper::upgrade::on(&mut response)));
                     return switching_protocols(response);
                 }
                 let pending = match grpc_outcome(&response) {
                     Some(GrpcOutcome::Trailers) => Some(Pending {
                         table: table.clone(),
+                        started,
                         latency,
                     }),
                     Some(GrpcOutcome::Status(code)) => {
-                        runtime.account(table, color, Outcome::Grpc(code), latency);
+                        runtime.account(table, color, Outcome::Grpc(code), started, latency);
                         None
                     }
                     None => {
                         let status = response.status().as_u16();
-                        runtime.account(table, color, Outcome::Response(status), latency);
+                        runtime.account(table, color, Outcome::Response(status), started, latency);
                         None
                     }
                 };
@@ -137,7 +139,13 @@ async fn forward(
             // The client broke its own request: nothing to hold against the upstream.
             Fault::Client(fault) => return client_fault(fault),
         };
-        runtime.account(table, color, Outcome::NoResponse(kind), started.elapsed());
+        runtime.account(
+            table,
+            color,
+            Outcome::NoResponse(kind),
+            started,
+            started.elapsed(),
+        );
         debug!(color = %color, upstream = %upstream.addr, error = %failure.error, "upstream failed");
         match failure.request {
             // Never reached the canary: stable can take it without any risk of doing it twice.

@@ -95,7 +95,12 @@ impl Runtime {
 
     /// Milliseconds since start on a monotonic clock: the windows' time base.
     pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    /// `at` on the windows' time base.
+    pub fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.started).as_millis() as u64
     }
 
     /// Whether a configuration is loaded and the proxy is not draining.

@@ -31,8 +31,9 @@ pub enum ClientFault {
 /// A request body with the client policy applied.
 pub struct RequestBody {
     inner: Incoming,
-    /// A frame already read (to validate framing before any byte goes upstream).
-    first: Option<Frame<Bytes>>,
+    /// A frame already read (to validate framing before any byte goes upstream); boxed, as
+    /// only requests with a body have one and the body is moved several times.
+    first: Option<Box<Frame<Bytes>>>,
     /// Bytes still allowed, if there is a limit.
     remaining: Option<u64>,
     timeout: Duration,
@@ -61,7 +62,7 @@ impl RequestBody {
         let frame = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await;
         match frame {
             Some(Ok(frame)) => {
-                self.first = Some(frame);
+                self.first = Some(Box::new(frame));
                 Ok(())
             }
             Some(Err(fault)) => Err(fault),
@@ -88,7 +89,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientFault>>> {
         if let Some(frame) = self.first.take() {
-            return Poll::Ready(Some(Ok(frame)));
+            return Poll::Ready(Some(Ok(*frame)));
         }
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Pending => return self.stalled(cx).map(|fault| Some(Err(fault))),
@@ -116,7 +117,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         let first = self
             .first
-            .as_ref()
+            .as_deref()
             .and_then(Frame::data_ref)
             .map_or(0, |d| d.len() as u64);
         let inner = self.inner.size_hint();

@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -42,6 +42,8 @@ pub struct Streamed {
 pub struct Pending {
     /// The routing table of the request.
     pub table: Arc<RouteTable>,
+    /// When the exchange began.
+    pub started: Instant,
     /// Time to the response headers.
     pub latency: Duration,
 }
@@ -50,7 +52,7 @@ impl Streamed {
     fn settle(&mut self, outcome: Outcome) {
         if let Some(p) = self.pending.take() {
             self.runtime
-                .account(&p.table, self.color, outcome, p.latency);
+                .account(&p.table, self.color, outcome, p.started, p.latency);
         }
     }
 }
