@@ -20,6 +20,16 @@ pub fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// Open file descriptors of `pid` that are not sockets (files, directories, epoll, eventfd):
+/// where a leak in anything but connection handling shows.
+pub fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fd")
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| !target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
 /// CPU time `pid` has used, user and system together (`/proc/PID/stat` fields 14 and 15).
 pub fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");

@@ -35,6 +35,8 @@ pub async fn follow(runtime: Arc<Runtime>, path: PathBuf, shutdown: impl Future<
     // The content last acted on (applied or rejected), and a change seen once, not yet twice.
     let mut settled: Read = source::read(&path);
     let mut candidate: Option<Read> = None;
+    // The content last applied: a rollback decided on it stays latched until it changes.
+    let mut applied = settled.as_ref().ok().cloned();
     loop {
         tokio::select! {
             () = tokio::time::sleep(POLL_INTERVAL) => {}
@@ -53,8 +55,20 @@ pub async fn follow(runtime: Arc<Runtime>, path: PathBuf, shutdown: impl Future<
         match &read {
             Ok(data) => {
                 runtime.set_source_state(true, format!("following {}", path.display()));
+                // The applied content back after a moment unreadable (removed, or no file
+                // descriptor left) or after a rejected edit was undone: not a change, so a
+                // rollback stays.
+                let kept = match applied.as_ref() == Some(data) {
+                    true => runtime
+                        .routes()
+                        .as_ref()
+                        .and_then(|table| table.rolled_back.as_deref().cloned()),
+                    false => None,
+                };
                 // A rejection is logged and counted by the runtime.
-                let _ = runtime.apply(data, &source::revision(data), None);
+                if runtime.apply(data, &source::revision(data), kept).is_ok() {
+                    applied = Some(data.clone());
+                }
             }
             Err(e) => {
                 runtime.set_source_state(false, e.to_string());
