@@ -96,7 +96,7 @@ impl Runtime {
 fn reason(e: &Evidence, max_error_rate: f64) -> String {
     let pct = |c: crate::rollback::window::Counts| 100.0 * c.failure_rate();
     let mut reason = format!(
-        "canary failed {} of {} requests ({:.1}%) in the window, above the {:.1}% threshold",
+        "canary failed {} of {} requests ({:.1}%) in the window, above the {}% threshold",
         e.canary.failures,
         e.canary.requests,
         pct(e.canary),
@@ -104,7 +104,7 @@ fn reason(e: &Evidence, max_error_rate: f64) -> String {
     );
     if e.threshold_only {
         reason.push_str(&format!(
-            "; stable had {} requests, too few to compare",
+            "; stable had {} requests, too few to tell whether it shares the fault",
             e.stable.requests
         ));
     } else {
