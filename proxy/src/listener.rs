@@ -376,3 +376,39 @@ impl AcceptErrors {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_millis(50);
+
+    async fn read_after(sent: &[u8]) -> io::Result<()> {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(sent).await?;
+        let mut server = Detecting::new(server, TIMEOUT);
+        let mut buf = [0; 64];
+        let mut total = 0;
+        while total < sent.len() {
+            total += server.read(&mut buf).await?;
+        }
+        // Past the deadline: an error while the protocol is unknown, else still waiting.
+        match tokio::time::timeout(TIMEOUT * 3, server.read(&mut buf)).await {
+            Ok(read) => read.map(drop),
+            Err(_) => Ok(()),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_deadline_holds_until_the_protocol_is_known() {
+        let timed_out = |r: io::Result<()>| r.is_err_and(|e| e.kind() == io::ErrorKind::TimedOut);
+        assert!(timed_out(read_after(b"").await));
+        assert!(timed_out(read_after(b"PRI * HTTP/2").await));
+        // HTTP/1.1 from the first byte; HTTP/2 once the whole preface is in.
+        assert!(read_after(b"G").await.is_ok());
+        assert!(read_after(b"PRX").await.is_ok());
+        assert!(read_after(H2_PREFACE).await.is_ok());
+    }
+}
