@@ -29,6 +29,12 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     Ok(data)
 }
 
+/// Reads the keys from the text of a config file: a ConfigMap manifest or a flat YAML map.
+/// As [`read`] does for a file, except that no keys at all is not an error here.
+pub fn parse_text(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    parse_yaml(text).map_err(ConfigError::Source)
+}
+
 /// A short content hash of the keys, used as the revision of file-based configs.
 pub fn revision(data: &BTreeMap<String, String>) -> String {
     let mut bytes = Vec::new();
