@@ -12,6 +12,10 @@ use canary_testkit::procfs;
 use canary_testkit::proxy::{ProxyProcess, Source};
 use canary_testkit::upstream::TestUpstream;
 
+/// The proxy's allocator (mimalloc) maps memory in 2 MiB steps: each memory bound from
+/// RELIABILITY.md gets one step of slack.
+const ALLOCATOR_STEP_KIB: u64 = 2048;
+
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_canary-proxy"))
 }
@@ -255,7 +259,10 @@ async fn flapping_weights_converge_without_errors() {
     );
     assert_clean(&tally);
     assert_eq!(metric(&proxy, ERRORS).await, 0.0);
-    assert!(after < before + 1024, "RSS {before} -> {after} KiB");
+    assert!(
+        after < before + 1024 + ALLOCATOR_STEP_KIB,
+        "RSS {before} -> {after} KiB"
+    );
 }
 
 #[tokio::test]
