@@ -5,12 +5,9 @@
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use canary_proxy::config::{Color, Config};
-use canary_proxy::rollback::window::Window;
 use canary_proxy::route::RouteTable;
-use canary_proxy::upstream::Upstream;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 
@@ -40,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
             Some((name, HeaderValue::from_str(value.trim()).ok()?))
         })
         .collect();
-    let table = table(config);
+    let table = RouteTable::new(config, "fuzz");
     let config = &table.config;
     let color = table.choose(&headers);
     let overridden = config.by_header.is_some() || config.by_cookie.is_some();
@@ -53,20 +50,3 @@ fuzz_target!(|data: &[u8]| {
     let share: f64 = Color::ALL.iter().map(|c| table.weight_percent(*c)).sum();
     assert!((share - 100.0).abs() < 1e-6, "{share}");
 });
-
-/// The table the runtime would build for `config` (the runtime's builder is private).
-fn table(config: Config) -> RouteTable {
-    let window = config.rollback.window;
-    RouteTable {
-        upstreams: Color::ALL.map(|c| {
-            Arc::new(Upstream::new(
-                config.upstream(c).clone(),
-                config.protocol(c),
-            ))
-        }),
-        config: Arc::new(config),
-        revision: "fuzz".into(),
-        windows: Arc::new([Window::new(window), Window::new(window)]),
-        rolled_back: None,
-    }
-}

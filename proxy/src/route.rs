@@ -40,6 +40,23 @@ pub struct RolledBack {
 }
 
 impl RouteTable {
+    /// A table for `config` with new upstreams (empty pools) and empty windows.
+    pub fn new(config: Config, revision: &str) -> RouteTable {
+        let window = config.rollback.window;
+        RouteTable {
+            upstreams: Color::ALL.map(|c| {
+                Arc::new(Upstream::new(
+                    config.upstream(c).clone(),
+                    config.protocol(c),
+                ))
+            }),
+            windows: Arc::new([Window::new(window), Window::new(window)]),
+            config: Arc::new(config),
+            revision: revision.into(),
+            rolled_back: None,
+        }
+    }
+
     /// Chooses the color for a request with these headers.
     pub fn choose(&self, headers: &HeaderMap) -> Color {
         let config = &*self.config;

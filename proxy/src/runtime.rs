@@ -13,9 +13,7 @@ use tracing::{error, info, warn};
 use crate::config::{Color, Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::rfc3339;
-use crate::rollback::window::Window;
 use crate::route::{RolledBack, RouteTable};
-use crate::upstream::Upstream;
 
 /// A rollback the data path decided, for whoever persists it (the Kubernetes write-back).
 #[derive(Clone, Debug)]
@@ -231,33 +229,25 @@ impl Runtime {
 /// Builds the table for `config`, carrying over what should survive a reload: the windows
 /// (so a reload does not erase the evidence) and equal upstreams (so their pools stay warm).
 fn build_table(config: Config, revision: &str, previous: Option<&RouteTable>) -> RouteTable {
-    let upstreams = Color::ALL.map(|color| {
-        let (addr, protocol) = (config.upstream(color), config.protocol(color));
-        match previous.map(|p| &p.upstreams[color.index()]) {
-            Some(up) if up.addr == *addr && up.protocol == protocol => up.clone(),
-            _ => Arc::new(Upstream::new(addr.clone(), protocol)),
-        }
-    });
-    let window = config.rollback.window;
-    let windows = match previous {
-        Some(p) if p.windows[0].has_length(window) => {
-            // The canary starts with a clean record when it changed, or after a rollback:
-            // its old failures were already acted on.
-            let canary = config.canary();
-            let same_canary =
-                p.config.canary() == canary && p.config.upstream(canary) == config.upstream(canary);
-            if !same_canary || p.rolled_back.is_some() {
-                p.windows[canary.index()].reset();
-            }
-            p.windows.clone()
-        }
-        _ => Arc::new([Window::new(window), Window::new(window)]),
+    let mut table = RouteTable::new(config, revision);
+    let Some(p) = previous else {
+        return table;
     };
-    RouteTable {
-        config: Arc::new(config),
-        revision: revision.into(),
-        upstreams,
-        windows,
-        rolled_back: None,
+    for (new, old) in table.upstreams.iter_mut().zip(&p.upstreams) {
+        if new.addr == old.addr && new.protocol == old.protocol {
+            *new = old.clone();
+        }
     }
+    if p.windows[0].has_length(table.config.rollback.window) {
+        // The canary starts with a clean record when it changed, or after a rollback: its old
+        // failures were already acted on.
+        let canary = table.config.canary();
+        let same_canary = p.config.canary() == canary
+            && p.config.upstream(canary) == table.config.upstream(canary);
+        if !same_canary || p.rolled_back.is_some() {
+            p.windows[canary.index()].reset();
+        }
+        table.windows = p.windows.clone();
+    }
+    table
 }

@@ -4,8 +4,6 @@ use http::HeaderMap;
 
 use super::*;
 use crate::config::Config;
-use crate::rollback::window::Window;
-use crate::upstream::Upstream;
 
 fn table(pairs: &[(&str, &str)]) -> RouteTable {
     let mut data: BTreeMap<String, String> = [
@@ -17,20 +15,7 @@ fn table(pairs: &[(&str, &str)]) -> RouteTable {
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     data.retain(|_, v| !v.is_empty());
-    let config = Config::from_map(&data).unwrap();
-    let window = config.rollback.window;
-    RouteTable {
-        upstreams: Color::ALL.map(|c| {
-            Arc::new(Upstream::new(
-                config.upstream(c).clone(),
-                config.protocol(c),
-            ))
-        }),
-        config: Arc::new(config),
-        revision: "test".into(),
-        windows: Arc::new([Window::new(window), Window::new(window)]),
-        rolled_back: None,
-    }
+    RouteTable::new(Config::from_map(&data).unwrap(), "test")
 }
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
