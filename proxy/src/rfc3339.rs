@@ -1,11 +1,13 @@
-//! RFC 3339 timestamps (UTC, to the second) for `/status` and the ConfigMap annotations,
-//! without a date library.
+//! RFC 3339 timestamps (UTC, to the millisecond) for `/status` and the ConfigMap
+//! annotations, without a date library.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Formats `t` as RFC 3339 in UTC, to the second.
+/// Formats `t` as RFC 3339 in UTC, to the millisecond: a rollback's time is compared with
+/// what clients saw, which is finer than a second.
 pub fn format(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (secs, millis) = (since.as_secs(), since.subsec_millis());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -18,7 +20,7 @@ pub fn format(t: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
         rem / 3600,
         rem / 60 % 60,
         rem % 60
@@ -33,10 +35,10 @@ mod tests {
 
     #[test]
     fn rfc3339_dates() {
-        assert_eq!(format(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_795_651_200 + 3_723);
-        assert_eq!(format(t), "2026-11-26T01:02:03Z");
+        assert_eq!(format(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis((1_795_651_200 + 3_723) * 1000 + 45);
+        assert_eq!(format(t), "2026-11-26T01:02:03.045Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(format(leap), "2000-02-29T00:00:00Z");
+        assert_eq!(format(leap), "2000-02-29T00:00:00.000Z");
     }
 }
