@@ -4,11 +4,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::Response;
+use http::header::HeaderName;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -22,6 +24,8 @@ use super::{LoadConfig, Shared, Stop};
 
 /// Pause after a failed connect, so that a dead target is not hammered in a tight loop.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+/// The header naming the color that answered, parsed once.
+static X_COLOR: HeaderName = HeaderName::from_static("x-color");
 /// Significant figures of the latency histograms (0.1 % resolution).
 const SIGNIFICANT_FIGURES: u8 = 3;
 
@@ -178,6 +182,9 @@ struct Runner<'a> {
     sent: u64,
     /// Open loop: the intended send time of the next request.
     due: Instant,
+    /// The last time the clock was read: when the last answer arrived, in closed loop also
+    /// when the next request starts. Reused so that a request reads the clock only twice.
+    clock: Instant,
     outcome: ConnOutcome,
 }
 
@@ -214,11 +221,14 @@ impl Runner<'_> {
                 }
             }
             None => {
-                let now = Instant::now();
-                if self.plan.deadline.is_some_and(|deadline| now >= deadline) {
+                if self
+                    .plan
+                    .deadline
+                    .is_some_and(|deadline| self.clock >= deadline)
+                {
                     return None;
                 }
-                now
+                self.clock
             }
         };
         self.sent += 1;
@@ -228,13 +238,14 @@ impl Runner<'_> {
     /// Records one request's result, started at `start`.
     fn record(&mut self, start: Instant, result: Result<Response<()>, Failure>) {
         let done = Instant::now();
+        self.clock = done;
         self.outcome.finished = done;
         let live = &self.shared.live[self.plan.index];
         let outcome = &mut self.outcome;
         match result {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let slot = Slot::of(response.headers().get("x-color"));
+                let slot = Slot::of(response.headers().get(&X_COLOR));
                 let at_ns = done.duration_since(self.shared.started).as_nanos() as u64;
                 live.response(slot, status, at_ns);
                 outcome.statuses[usize::from(status)] += 1;
@@ -284,22 +295,34 @@ impl Runner<'_> {
         // with what was read before the close, but nothing more is sent on it.
         let mut closed = false;
         loop {
-            let sent = Instant::now();
+            // When the request leaves, for its timeout: now, without reading the clock again.
+            let sent = start.max(self.clock);
             let result = {
                 let exchange = sender.exchange(&self.shared.config);
                 tokio::pin!(exchange);
-                loop {
-                    tokio::select! {
-                        biased;
-                        result = &mut exchange => break result,
-                        () = &mut driver, if !closed => closed = true,
-                        _ = watchdog.tick() => {
-                            if sent.elapsed() >= timeout {
-                                break Err(Failure::Timeout);
-                            }
+                let mut submitted = false;
+                std::future::poll_fn(|cx| {
+                    // The first poll hands the request to the connection, which then writes it
+                    // in the same poll; afterwards the connection's I/O goes first, so that a
+                    // response it reads reaches the exchange without another wake-up.
+                    if !submitted {
+                        submitted = true;
+                        if let Poll::Ready(result) = exchange.as_mut().poll(cx) {
+                            return Poll::Ready(result);
                         }
                     }
-                }
+                    if !closed && driver.as_mut().poll(cx).is_ready() {
+                        closed = true;
+                    }
+                    if let Poll::Ready(result) = exchange.as_mut().poll(cx) {
+                        return Poll::Ready(result);
+                    }
+                    if watchdog.poll_tick(cx).is_ready() && sent.elapsed() >= timeout {
+                        return Poll::Ready(Err(Failure::Timeout));
+                    }
+                    Poll::Pending
+                })
+                .await
             };
             let end = match &result {
                 // A connection that has answered before and is now closed was closed by the
@@ -344,6 +367,7 @@ pub(crate) async fn drive(
         stop,
         sent: 0,
         due,
+        clock: Instant::now(),
         outcome: ConnOutcome {
             latencies: Vec::new(),
             statuses: Box::new([0; 1000]),
@@ -375,6 +399,7 @@ pub(crate) async fn drive(
                 runner.record(start, Err(failure));
                 // A dead target is not hammered in a tight loop.
                 tokio::time::sleep(RECONNECT_PAUSE).await;
+                runner.clock = Instant::now();
             }
         }
     }
