@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Color;
 use crate::metrics::ErrorKind;
-use crate::rollback::decision::{self, Evidence, Verdict};
+use crate::rollback::decision::{self, Evidence, Streaks, Verdict};
 use crate::route::RouteTable;
 use crate::runtime::Runtime;
 
@@ -79,14 +79,19 @@ impl Runtime {
         }
     }
 
-    /// The rollback rule applied to `table`'s windows at `now_ms`.
+    /// The rollback rule applied to `table`'s windows at `now_ms`, the canary's failure
+    /// streak included.
     pub fn verdict(&self, table: &RouteTable, now_ms: u64) -> Verdict {
         let config = &table.config;
-        let canary = table.windows[config.canary().index()].counts(now_ms);
-        let stable = table.windows[config.stable.index()].counts(now_ms);
-        decision::decide(
-            canary,
-            stable,
+        let canary = &table.windows[config.canary().index()];
+        let stable = &table.windows[config.stable.index()];
+        decision::decide_with_streaks(
+            canary.counts(now_ms),
+            stable.counts(now_ms),
+            Streaks {
+                canary: canary.streak(now_ms),
+                stable: stable.streak(now_ms),
+            },
             config.rollback.max_error_rate,
             config.rollback.min_requests,
         )
@@ -95,13 +100,21 @@ impl Runtime {
 
 fn reason(e: &Evidence, max_error_rate: f64) -> String {
     let pct = |c: crate::rollback::window::Counts| 100.0 * c.failure_rate();
-    let mut reason = format!(
-        "canary failed {} of {} requests ({:.1}%) in the window, above the {}% threshold",
-        e.canary.failures,
-        e.canary.requests,
-        pct(e.canary),
-        100.0 * max_error_rate
-    );
+    let mut reason = if e.streak {
+        format!(
+            "canary failed its last {} requests in a row, above the {}% threshold",
+            e.canary.requests,
+            100.0 * max_error_rate
+        )
+    } else {
+        format!(
+            "canary failed {} of {} requests ({:.1}%) in the window, above the {}% threshold",
+            e.canary.failures,
+            e.canary.requests,
+            pct(e.canary),
+            100.0 * max_error_rate
+        )
+    };
     if e.threshold_only {
         reason.push_str(&format!(
             "; stable had {} requests, too few to tell whether it shares the fault",

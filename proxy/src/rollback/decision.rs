@@ -10,6 +10,14 @@
 //! on `p_c` itself (at 30,000 canary requests in the window a 6 % rate trips a 5 % threshold);
 //! with few, only a clear excess trips it (20 failures of 20 do, at the 20th request).
 //!
+//! A canary that fails every request after a long healthy stretch would take long to show in
+//! the window's rate (at 500 canary requests a second, about 900 failures to pass 5 % of a
+//! full 30 s window). So failure streaks are watched too: when the canary's latest
+//! `min-requests` requests (within the window) all failed while stable's latest request
+//! succeeded, the canary is rolled back at once. A total failure is thereby rolled back at its
+//! `min-requests`-th failure whatever came before; a fault that stable shares keeps stable's
+//! own streak above 0 and is left to the rule below.
+//!
 //! Moving traffic away from a fault both colors have (a database they both use, say) helps no
 //! user and kills a good release, so stable is asked for an alibi:
 //!
@@ -58,6 +66,8 @@ pub struct Evidence {
     pub stable: Counts,
     /// Whether stable had too few requests to compare, so the threshold alone decided.
     pub threshold_only: bool,
+    /// Whether it was the canary's latest requests all failing that decided.
+    pub streak: bool,
 }
 
 /// Applies the rule to the canary's and stable's window counts.
@@ -77,10 +87,47 @@ pub fn decide(canary: Counts, stable: Counts, max_error_rate: f64, min_requests:
             canary,
             stable,
             threshold_only,
+            streak: false,
         })
     } else {
         Verdict::SharedFault
     }
+}
+
+/// The rule on the windows, then on the failure streaks: when the canary's latest
+/// `min-requests` requests all failed while stable's latest request succeeded, the canary is
+/// rolled back without waiting for its window's rate to catch up.
+pub fn decide_with_streaks(
+    canary: Counts,
+    stable: Counts,
+    streaks: Streaks,
+    max_error_rate: f64,
+    min_requests: u64,
+) -> Verdict {
+    let verdict = decide(canary, stable, max_error_rate, min_requests);
+    let sudden = streaks.canary >= min_requests && streaks.stable == 0 && max_error_rate < 1.0;
+    if matches!(verdict, Verdict::RollBack(_)) || !sudden {
+        return verdict;
+    }
+    Verdict::RollBack(Evidence {
+        canary: Counts {
+            requests: streaks.canary,
+            failures: streaks.canary,
+        },
+        stable,
+        threshold_only: stable.requests == 0,
+        streak: true,
+    })
+}
+
+/// Failures in a row, up to each color's latest request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Streaks {
+    /// The canary's.
+    pub canary: u64,
+    /// Stable's: while it is not 0, stable's latest request failed too and a sudden failure
+    /// may be shared.
+    pub stable: u64,
 }
 
 /// Upper bound of the Wilson score interval for `failures` out of `n`; 1 when `n` is 0.

@@ -64,6 +64,11 @@ pub struct Window {
     buckets: Box<[Bucket]>,
     /// Width of one bucket in milliseconds.
     bucket_ms: u64,
+    /// Failures in a row, up to the latest request: a sudden total failure shows here at
+    /// once, while the window's earlier successes still dilute its rate.
+    streak: AtomicU64,
+    /// When the current streak began; a streak older than the window has aged out with it.
+    streak_since: AtomicU64,
 }
 
 impl Window {
@@ -77,7 +82,12 @@ impl Window {
                 latency: [const { AtomicU32::new(0) }; LATENCY_BINS],
             })
             .collect();
-        Window { buckets, bucket_ms }
+        Window {
+            buckets,
+            bucket_ms,
+            streak: AtomicU64::new(0),
+            streak_since: AtomicU64::new(0),
+        }
     }
 
     /// Whether this window has the buckets a window `length` long would have.
@@ -90,8 +100,27 @@ impl Window {
         Duration::from_millis(self.bucket_ms * BUCKETS)
     }
 
+    /// Failures in a row up to the latest request recorded, if the streak began within the
+    /// window ending at `now_ms`; 0 otherwise.
+    pub fn streak(&self, now_ms: u64) -> u64 {
+        let since = self.streak_since.load(Relaxed);
+        if now_ms.saturating_sub(since) < self.bucket_ms * BUCKETS {
+            self.streak.load(Relaxed)
+        } else {
+            0
+        }
+    }
+
     /// Records one request at `now_ms` (milliseconds on the runtime's monotonic clock).
     pub fn record(&self, now_ms: u64, failed: bool, latency: Option<Duration>) {
+        if failed {
+            if self.streak.fetch_add(1, Relaxed) == 0 {
+                self.streak_since.store(now_ms, Relaxed);
+            }
+        } else if self.streak.load(Relaxed) != 0 {
+            // Checked first, so that the healthy path does not write a shared cache line.
+            self.streak.store(0, Relaxed);
+        }
         let tick = now_ms / self.bucket_ms;
         let epoch = tick & EPOCH_MASK;
         let bucket = &self.buckets[(tick % BUCKETS) as usize];
@@ -151,6 +180,7 @@ impl Window {
 
     /// Forgets everything recorded so far.
     pub fn reset(&self) {
+        self.streak.store(0, Relaxed);
         for bucket in self.buckets.iter() {
             bucket.state.store(pack(EPOCH_MASK, 0, 0), Relaxed);
         }
@@ -269,6 +299,20 @@ mod tests {
                 failures: 0
             }
         );
+    }
+
+    #[test]
+    fn the_streak_counts_failures_in_a_row() {
+        let w = Window::new(Duration::from_secs(10));
+        for failed in [true, true, false, true, true, true] {
+            w.record(1_000, failed, None);
+        }
+        assert_eq!(w.streak(1_000), 3);
+        // It ages out with the window.
+        assert_eq!(w.streak(10_999), 3);
+        assert_eq!(w.streak(11_000), 0);
+        w.reset();
+        assert_eq!(w.streak(1_000), 0);
     }
 
     #[test]
