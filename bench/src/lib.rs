@@ -8,6 +8,7 @@
 //! - [`upstream`]: the test upstream that names its color and injects faults on demand.
 //! - [`demo`]: the article's story played on loopback, with its checks, timeline and HTML report.
 //! - [`compare`]: the same load direct, through canary-proxy, NGINX and HAProxy.
+//! - [`soak`]: minutes of load mixed with hostile clients and reloads, watched for leaks.
 //! - [`admin`]: the small HTTP client for admin endpoints.
 //! - [`units`]: parsing of durations such as `10s` on the command line.
 
@@ -16,5 +17,6 @@ pub mod compare;
 pub mod demo;
 pub mod load;
 pub mod proxy;
+pub mod soak;
 pub mod units;
 pub mod upstream;

@@ -11,6 +11,7 @@ use canary_bench::compare::{self, CompareOptions};
 use canary_bench::demo::{self, DemoOptions};
 use canary_bench::load::{self, LoadConfig, Stop, Target, Workers};
 use canary_bench::proxy;
+use canary_bench::soak::{self, SoakOptions};
 use canary_bench::units::parse_duration;
 use canary_bench::upstream::{self, Color, FaultUpdate, Upstream};
 
@@ -35,6 +36,38 @@ enum Command {
     /// The same load direct, through canary-proxy, NGINX and HAProxy (95/5 split, same CPU
     /// budget, interleaved rounds): throughput, CPU per request, latency and memory.
     Compare(CompareArgs),
+    /// Minutes of steady load through the real canary-proxy mixed with malformed requests,
+    /// aborted bodies, h2 resets and reloads; reports the proxy's RSS and file descriptors
+    /// from start to end and fails if good requests failed or either leaked.
+    Soak(SoakArgs),
+}
+
+#[derive(Args, Debug)]
+struct SoakArgs {
+    /// The canary-proxy binary (default: next to this executable).
+    #[arg(long, env = "CANARY_BENCH_PROXY_BIN")]
+    proxy_bin: Option<PathBuf>,
+    /// How long the load runs [default: 10m; 20s with --quick].
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// RSS growth is measured from the end of this first part of the load [default: 1m; 5s
+    /// with --quick].
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<Duration>,
+    /// Good requests per second, open loop: 80 % over HTTP/1.1 and 20 % over h2c; malformed
+    /// requests, aborted bodies and h2 resets each come at 1 % of it.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Time between two configuration reloads (canary weight 10 <-> 20) [default: 30s; 4s
+    /// with --quick].
+    #[arg(long, value_parser = parse_duration)]
+    reload_every: Option<Duration>,
+    /// Print the result as JSON on stdout instead of the table and summary.
+    #[arg(long)]
+    json: bool,
+    /// A short soak of about 20 s, for tests.
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(Args, Debug)]
@@ -145,6 +178,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => runtime(None)?.block_on(run_demo(args)),
         // The load runs on its own pinned worker threads; this runtime starts processes and waits.
         Command::Compare(args) => runtime(Some(1))?.block_on(run_compare(args)),
+        Command::Soak(args) => runtime(None)?.block_on(run_soak(args)),
     }
 }
 
@@ -254,6 +288,23 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+async fn run_soak(args: SoakArgs) -> anyhow::Result<()> {
+    let mut options = SoakOptions::new(proxy::find_binary(args.proxy_bin)?, args.quick);
+    options.duration = args.duration.unwrap_or(options.duration);
+    options.warmup = args.warmup.unwrap_or(options.warmup);
+    options.reload_every = args.reload_every.unwrap_or(options.reload_every);
+    options.rate = args.rate;
+    options.live = !args.json;
+    let result = soak::run(&options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        soak::report::print_summary(&result);
+    }
+    anyhow::ensure!(result.passed, "the soak's checks failed");
     Ok(())
 }
 

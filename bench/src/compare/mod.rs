@@ -57,6 +57,9 @@ pub struct Round {
     pub closed_p50_ms: f64,
     /// Closed-loop p99, ms.
     pub closed_p99_ms: f64,
+    /// The proxy's CPU time during the closed loop over its length, percent of one core: under
+    /// 100 × workers, something other than the proxy's CPU limited the throughput.
+    pub closed_busy_percent: Option<f64>,
     /// The most resident memory seen during the closed loop, bytes.
     pub load_rss: Option<u64>,
     /// Responses of the fixed-rate run.
@@ -141,7 +144,9 @@ async fn measure(
             }
         })
     };
+    let cpu_before_closed = procfs::cpu_time(&pids);
     let closed = run_load(workers, system.target, options, None, options.duration).await?;
+    let closed_cpu = procfs::cpu_time(&pids).saturating_sub(cpu_before_closed);
     sampler.abort();
     let load_rss =
         (!pids.is_empty()).then(|| peak.load(Ordering::Relaxed).max(procfs::rss_bytes(&pids)));
@@ -169,6 +174,8 @@ async fn measure(
         closed_rps: closed.requests_per_s,
         closed_p50_ms: closed.latency_ms.p50,
         closed_p99_ms: closed.latency_ms.p99,
+        closed_busy_percent: (!pids.is_empty() && closed.elapsed_s > 0.0)
+            .then(|| 100.0 * closed_cpu.as_secs_f64() / closed.elapsed_s),
         load_rss,
         fixed_responses: fixed.responses,
         cpu_us_per_request: (!pids.is_empty() && fixed.responses > 0)

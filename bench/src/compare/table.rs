@@ -114,9 +114,10 @@ pub fn render(result: &PlanResult, rate: f64, connections: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<13} {:>15} {:>18} {:>18} {:>13} {:>18} {:>9} {:>9} {:>9} {:>9} {:>6} {:>5}",
+        "{:<13} {:>15} {:>6} {:>18} {:>18} {:>13} {:>18} {:>9} {:>9} {:>9} {:>9} {:>6} {:>5}",
         "system",
         "req/s closed",
+        "busy",
         "× direct",
         "× nginx",
         "CPU µs/req",
@@ -151,9 +152,13 @@ pub fn render(result: &PlanResult, rate: f64, connections: usize) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<13} {:>15} {:>18} {:>18} {:>13} {:>18} {:>9.3} {:>9.3} {:>9} {:>9} {:>5.1}% {:>5}",
+            "{:<13} {:>15} {:>6} {:>18} {:>18} {:>13} {:>18} {:>9.3} {:>9.3} {:>9} {:>9} {:>5.1}% {:>5}",
             kind.name(),
             or_dash(spread(result, kind, closed_rps).map(|s| s.with_percent(0))),
+            or_dash(
+                spread(result, kind, |r| r.closed_busy_percent)
+                    .map(|s| format!("{:.0}%", s.median))
+            ),
             or_dash(ratio(result, kind, Kind::Direct, closed_rps).map(|s| s.with_range())),
             or_dash(vs_nginx(closed_rps)),
             or_dash(spread(result, kind, cpu).map(|s| s.with_percent(2))),
@@ -169,7 +174,8 @@ pub fn render(result: &PlanResult, rate: f64, connections: usize) -> String {
     let _ = writeln!(
         out,
         "   closed loop: {connections} connections; CPU, p50 and p99 at a fixed {rate:.0} requests/s (open loop); \
-         RSS in MiB; × = median ratio per round (min-max); ± = half the range over rounds"
+         busy = the proxy's CPU time during the closed loop, % of one core; RSS in MiB; \
+         × = median ratio per round (min-max); ± = half the range over rounds"
     );
     out.push_str(&verdicts(result));
     out
