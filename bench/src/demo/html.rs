@@ -145,7 +145,7 @@ pub fn render(result: &DemoResult) -> String {
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>canary-bench demo</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#1f2328}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}.pass{{color:{GREEN}}}.fail{{color:{RED}}}
+td:first-child,th:first-child{{text-align:left}}table.figures td{{white-space:nowrap}}table.text td{{text-align:left}}.pass{{color:{GREEN}}}.fail{{color:{RED}}}
 .key span{{display:inline-block;width:14px;height:3px;margin:0 4px 3px 12px}}</style></head><body>
 <h1>canary-bench demo</h1>
 <p>Blue and green upstreams behind canary-proxy, {:.0} requests/s open loop over {} connections, rollback window {} s.
@@ -162,7 +162,7 @@ Checks: <b class="{}">{passed} of {} held</b>. The demo took {:.1} s.</p>
     );
     html.push_str(&chart(result));
     html.push_str(
-        "<h2>Timeline</h2><table><tr><th>step</th><th>time</th><th>weight</th><th>blue</th><th>green</th>\
+        "<h2>Timeline</h2><table class=\"figures\"><tr><th>step</th><th>time</th><th>weight</th><th>blue</th><th>green</th>\
          <th>responses</th><th>client errors</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th></tr>",
     );
     for step in &result.steps {
@@ -211,14 +211,21 @@ Checks: <b class="{}">{passed} of {} held</b>. The demo took {:.1} s.</p>
         r.client_failures,
         r.client_errors,
         ms(r.swap_client),
-        escape(r.proxy_at.as_deref().unwrap_or("n/a")),
+        match (&r.proxy_at, r.swap_proxy_s) {
+            (Some(at), Some(s)) => format!(
+                "{} ({s:+.3} s after the first failing response)",
+                escape(at)
+            ),
+            (Some(at), None) => escape(at),
+            _ => "n/a".to_string(),
+        },
         ms(r.detected_after),
     );
-    html.push_str("<h2>Checks</h2><table>");
+    html.push_str("<h2>Checks</h2><table class=\"text\">");
     for check in &result.checks {
         let _ = write!(
             html,
-            r#"<tr><td class="{}">{}</td><td>{}</td><td style="text-align:left">{}</td></tr>"#,
+            r#"<tr><td class="{}">{}</td><td>{}</td><td>{}</td></tr>"#,
             if check.passed { "pass" } else { "fail" },
             if check.passed { "PASS" } else { "FAIL" },
             escape(&check.name),

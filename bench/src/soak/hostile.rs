@@ -119,28 +119,39 @@ enum Verdict {
     Accepted,
 }
 
-/// Counters of one corpus entry.
+/// Counters of one corpus entry, as [`MalformedCount`] reports them.
 #[derive(Debug, Default)]
 struct CaseCounters {
+    /// Requests written to an accepted connection.
     sent: AtomicU64,
+    /// Answered 4xx.
     refused: AtomicU64,
+    /// Closed without a 4xx.
     closed: AtomicU64,
+    /// Neither.
     accepted: AtomicU64,
 }
 
-/// Counters every hostile task writes.
+/// Counters every hostile task writes (relaxed atomics: they are only summed for reports).
 #[derive(Debug, Default)]
 struct Counters {
     /// One block per corpus entry, in [`Malformed::ALL`]'s order.
     malformed: [CaseCounters; 5],
+    /// Request bodies aborted midway.
     aborted: AtomicU64,
+    /// HTTP/2 streams reset.
     resets: AtomicU64,
+    /// Of those, the ones whose answer's head had arrived first.
     resets_after_answer: AtomicU64,
+    /// Follow-up requests after a reset that got a 2xx: good traffic.
     follow_up_ok: AtomicU64,
+    /// Follow-up requests (or their connection's handshake) that failed: good traffic lost.
     follow_up_failed: AtomicU64,
+    /// Hostile connections the proxy did not accept.
     connect_errors: AtomicU64,
 }
 
+/// Adds one to a counter that many tasks write.
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }

@@ -80,8 +80,11 @@ pub fn descriptors(pid: u32, ports: &Ports) -> Option<Descriptors> {
 /// One row of `/proc/net/tcp{,6}`: what sorting a descriptor needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TcpSocket {
+    /// A socket on the proxy's data port is a client connection.
     local_port: u16,
+    /// A socket connected to an upstream's port is an upstream connection.
     remote_port: u16,
+    /// The listeners themselves are neither.
     listening: bool,
 }
 

@@ -55,6 +55,7 @@ pub enum SoakError {
 
 /// An upstream served by this process, stopped when dropped.
 struct LocalUpstream {
+    /// Where the proxy reaches it.
     addr: SocketAddr,
     /// Dropping it stops the accept loop.
     _stop: oneshot::Sender<()>,
@@ -76,7 +77,7 @@ async fn start_upstream(color: Color) -> Result<LocalUpstream, SoakError> {
     Ok(LocalUpstream { addr, _stop: stop })
 }
 
-/// The traffic counts a sample shows.
+/// The traffic counts a sample shows (see [`Sample`]'s fields of the same names).
 #[derive(Clone, Copy, Debug, Default)]
 struct Traffic {
     good: GoodCounts,
@@ -124,7 +125,9 @@ fn sample(pid: u32, ports: &Ports, at: Duration, phase: Phase, traffic: Traffic)
 
 /// The samples so far, printed as they come when the run is live.
 struct Samples {
+    /// Print each sample as it is pushed.
     live: bool,
+    /// Every sample, in order.
     all: Vec<Sample>,
 }
 
