@@ -8,6 +8,8 @@
 #   upstream-pinned  the test upstream on CPU 0 (one worker), each client on CPU 1 (one thread):
 #                    the client is the bottleneck, so this compares the clients' own cost;
 #   upstream-shared  nothing pinned, two upstream workers, two client threads;
+#   upstream-2ms     the same with 2 ms added to every answer: the target, not the client, is the
+#                    limit, so both should report the same figure;
 #   proxy-pinned     canary-proxy on CPU 0 (one worker) in front of a blue and a green upstream,
 #                    clients and upstreams on CPU 1: the proxy is the bottleneck.
 # Besides the throughput it prints each client's CPU time per request (user + system).
@@ -24,6 +26,7 @@ command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"
 
 work=$(mktemp -d)
 pids=()
+upstream_flags=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   rm -rf "$work"
@@ -36,7 +39,7 @@ start_upstream() { # VAR NAME COLOR WORKERS PREFIX...
   local var=$1 name=$2 color=$3 workers=$4
   shift 4
   "$@" "$bench" upstream --listen 127.0.0.1:0 --color "$color" --workers "$workers" \
-    >"$work/$name.out" 2>"$work/$name.err" &
+    "${upstream_flags[@]}" >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
   for _ in $(seq 100); do
     if [ -s "$work/$name.out" ]; then
@@ -86,6 +89,11 @@ run_rounds upstream-pinned "http://$blue/" 1 taskset -c 1
 
 start_upstream shared shared blue 2 env
 run_rounds upstream-shared "http://$shared/" 2 env
+
+upstream_flags=(--latency 2ms)
+start_upstream slow slow blue 2 env
+upstream_flags=()
+run_rounds upstream-2ms "http://$slow/" 2 env
 
 if [ -x "$proxy" ]; then
   start_upstream b proxied-blue blue 1 taskset -c 1
