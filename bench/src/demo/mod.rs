@@ -6,7 +6,7 @@
 //! 5 %, 50 %, 100 %, back to 5 %, then green answers 500 to everything (like the article's
 //! `FORCE_ERROR=true`) and the proxy rolls back by itself.
 //!
-//! - [`story`]: the steps, played against the proxy.
+//! - `story`: the steps, played against the proxy ([`run`]).
 //! - [`checks`]: the pure pass/fail rules.
 //! - [`timeline`]: the printed timeline and rollback summary.
 //! - [`html`]: the self-contained HTML report.

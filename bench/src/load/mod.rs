@@ -8,7 +8,7 @@
 //! server shows up as latency instead of as requests never sent (coordinated omission).
 //!
 //! - [`target`]: the URL parsed into what a connection needs.
-//! - [`conn`]: one connection's loop.
+//! - `conn`: one connection's loop.
 //! - [`live`]: the counters a running load exposes (progress line, demo timeline).
 //! - [`report`]: the merged result, its text and JSON forms.
 //! - [`Workers`]: single-threaded runtimes on their own threads, wrk's model, for the CLI.
