@@ -9,6 +9,8 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -68,17 +70,33 @@ pub enum Fault {
 /// An HTTP/1.1 connection lent to one exchange, returned to the pool when the response is
 /// complete. HTTP/2 exchanges need none: their connection is shared.
 #[derive(Default)]
-pub struct Lease(Option<(http1::SendRequest<RequestBody>, u64)>);
+pub struct Lease(Option<(Pooled, u64)>);
 
 impl Lease {
     /// Puts the connection back into this thread's pool.
     pub fn release(self) {
-        if let Some((sender, key)) = self.0
-            && !sender.is_closed()
+        if let Some((conn, key)) = self.0
+            && !conn.sender.is_closed()
         {
-            put(key, sender);
+            put(key, conn);
         }
     }
+}
+
+/// An HTTP/1.1 connection as the pool holds it.
+struct Pooled {
+    sender: http1::SendRequest<RequestBody>,
+    /// When it went idle (see [`idle_now`]), or 0 while lent out. Shared with the connection's
+    /// task, which closes the connection once it has been idle for [`IDLE_TIMEOUT`]: a pool
+    /// entry is otherwise only looked at when the pool is used, and an idle proxy would keep
+    /// its upstream connections open for ever.
+    idle_since: Arc<AtomicU64>,
+}
+
+/// Milliseconds on a process-wide monotonic clock, never 0 (0 marks a connection in use).
+fn idle_now() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 impl Upstream {
@@ -120,14 +138,15 @@ impl Upstream {
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         headers::for_http1(&mut req);
         for _ in 0..ATTEMPTS {
-            let (mut sender, pooled) = match take(self.key) {
-                Some(sender) => (sender, true),
+            let (mut conn, pooled) = match take(self.key) {
+                Some(conn) => (conn, true),
                 None => match self.connect_http1(timeouts.connect).await {
-                    Ok(sender) => (sender, false),
+                    Ok(conn) => (conn, false),
                     Err(e) => return Err(e.with_request(req)),
                 },
             };
-            let sent = tokio::time::timeout(timeouts.request, sender.try_send_request(req)).await;
+            let sent =
+                tokio::time::timeout(timeouts.request, conn.sender.try_send_request(req)).await;
             match sent {
                 Ok(Ok(response)) if ambiguous_length(&response) => {
                     // The connection is dropped with the sender: its framing cannot be trusted.
@@ -137,7 +156,7 @@ impl Upstream {
                         request: None,
                     });
                 }
-                Ok(Ok(response)) => return Ok((response, Lease(Some((sender, self.key))))),
+                Ok(Ok(response)) => return Ok((response, Lease(Some((conn, self.key))))),
                 Ok(Err(mut e)) => match e.take_message() {
                     // The connection closed before the request was written: try another.
                     Some(unsent) if pooled => {
@@ -200,22 +219,37 @@ impl Upstream {
         })
     }
 
-    async fn connect_http1(
-        &self,
-        timeout: Duration,
-    ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
+    async fn connect_http1(&self, timeout: Duration) -> Result<Pooled, ConnectError> {
         let stream = self.dial(timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError(ErrorKind::Connect, e.to_string()))?;
+        let idle_since = Arc::new(AtomicU64::new(0));
+        let idle = idle_since.clone();
         tokio::spawn(async move {
             // Upgrades (WebSocket) take the connection over after a 101.
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(error = %e, "upstream connection ended");
+            let conn = conn.with_upgrades();
+            tokio::pin!(conn);
+            loop {
+                tokio::select! {
+                    ended = &mut conn => {
+                        if let Err(e) = ended {
+                            debug!(error = %e, "upstream connection ended");
+                        }
+                        return;
+                    }
+                    () = tokio::time::sleep(IDLE_TIMEOUT) => {
+                        let since = idle.load(Relaxed);
+                        if since != 0 && idle_now().saturating_sub(since) >= IDLE_TIMEOUT.as_millis() as u64 {
+                            // Dropping the connection closes it; its pool entry reads closed.
+                            return;
+                        }
+                    }
+                }
             }
         });
-        Ok(sender)
+        Ok(Pooled { sender, idle_since })
     }
 
     async fn connect_h2(
@@ -308,32 +342,32 @@ fn timeout(after: Duration) -> Failure {
     }
 }
 
-struct Idle {
-    sender: http1::SendRequest<RequestBody>,
-    since: Instant,
-}
-
 thread_local! {
     /// This thread's idle HTTP/1.1 connections, per pool key. Few keys, so a Vec.
-    static POOL: RefCell<Vec<(u64, Vec<Idle>)>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Vec<(u64, Vec<Pooled>)>> = const { RefCell::new(Vec::new()) };
     /// This thread's shared HTTP/2 connection, per pool key.
     static H2: RefCell<Vec<(u64, http2::SendRequest<RequestBody>)>> = const { RefCell::new(Vec::new()) };
 }
 
-fn take(key: u64) -> Option<http1::SendRequest<RequestBody>> {
+fn take(key: u64) -> Option<Pooled> {
     POOL.with_borrow_mut(|pool| {
         let idle = &mut pool.iter_mut().find(|(k, _)| *k == key)?.1;
+        let now = idle_now();
         // Most recently used first: it is the one least likely to have been closed.
         while let Some(conn) = idle.pop() {
-            if conn.since.elapsed() < IDLE_TIMEOUT && !conn.sender.is_closed() {
-                return Some(conn.sender);
+            let since = conn.idle_since.load(Relaxed);
+            if now.saturating_sub(since) < IDLE_TIMEOUT.as_millis() as u64
+                && !conn.sender.is_closed()
+            {
+                conn.idle_since.store(0, Relaxed);
+                return Some(conn);
             }
         }
         None
     })
 }
 
-fn put(key: u64, sender: http1::SendRequest<RequestBody>) {
+fn put(key: u64, conn: Pooled) {
     POOL.with_borrow_mut(|pool| {
         let idle = match pool.iter().position(|(k, _)| *k == key) {
             Some(i) => &mut pool[i].1,
@@ -342,17 +376,18 @@ fn put(key: u64, sender: http1::SendRequest<RequestBody>) {
                 &mut pool.last_mut().expect("just pushed").1
             }
         };
-        // The oldest entry sits at the front; drop it once it has expired or the pool is full.
-        if idle
-            .first()
-            .is_some_and(|c| idle.len() >= MAX_IDLE || c.since.elapsed() >= IDLE_TIMEOUT)
-        {
+        let now = idle_now();
+        // The oldest entry sits at the front; drop it once it is closed, expired, or the pool
+        // is full.
+        if idle.first().is_some_and(|c| {
+            idle.len() >= MAX_IDLE
+                || c.sender.is_closed()
+                || now.saturating_sub(c.idle_since.load(Relaxed)) >= IDLE_TIMEOUT.as_millis() as u64
+        }) {
             idle.remove(0);
         }
-        idle.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
+        conn.idle_since.store(now, Relaxed);
+        idle.push(conn);
     });
 }
 

@@ -210,3 +210,46 @@ async fn idle_connections_the_upstream_closed_cause_no_errors() {
     );
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let (blue, green) = (
+        TestUpstream::start("blue").await,
+        TestUpstream::start("green").await,
+    );
+    let proxy = ProxyProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_canary-proxy")),
+        &[
+            ("blue.upstream", &blue.authority()),
+            ("green.upstream", &green.authority()),
+        ],
+    )
+    .await
+    .unwrap();
+    let pid = proxy.pid();
+    let quiet = canary_testkit::procfs::open_fds(pid);
+    // Several concurrent requests open several pooled upstream connections.
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let client = proxy.client();
+        burst.spawn(async move { client.get("/", &[]).await });
+    }
+    while let Some(reply) = burst.join_next().await {
+        assert_eq!(reply.unwrap().unwrap().status, 200);
+    }
+    let busy = canary_testkit::procfs::open_fds(pid);
+    assert!(
+        busy > quiet,
+        "no upstream connection was opened: {quiet} -> {busy}"
+    );
+    // The pool's idle timeout is 4 s and the check runs every 4 s: within 12 s all are closed.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while canary_testkit::procfs::open_fds(pid) > quiet {
+        assert!(
+            Instant::now() < deadline,
+            "idle upstream connections stay open: {quiet} -> {}",
+            canary_testkit::procfs::open_fds(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
