@@ -1,6 +1,7 @@
 //! The quick soak runs the real canary-proxy under load, hostile clients and reloads for about
 //! 20 s, and every one of its checks holds: no good request failed, memory did not grow after
-//! the warm-up, the descriptors came back after the load, and the proxy is still ready.
+//! the warm-up, the descriptors and the upstream pool came back after the load, and the proxy
+//! is still ready.
 //!
 //! The proxy binary is found next to canary-bench in the target directory; building the
 //! workspace's tests builds it (`cargo build -p canary-proxy` otherwise).
@@ -69,7 +70,7 @@ fn quick_soak_passes_its_checks() {
             check["name"], check["detail"]
         );
     }
-    assert_eq!(checks.len(), 7, "every check was judged");
+    assert_eq!(checks.len(), 8, "every check was judged");
     assert_eq!(result["passed"], true);
     assert!(status.success(), "the soak exited with {status}");
 

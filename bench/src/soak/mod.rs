@@ -225,7 +225,8 @@ pub struct ProxyEnd {
     pub alive: bool,
     /// `/readyz` answered 200.
     pub ready: bool,
-    /// `/status` `rollback.verdict`, if it answered.
+    /// `/status` `rollback.verdict` at the end of the load (after it, the window empties),
+    /// if it answered.
     pub verdict: Option<String>,
 }
 

@@ -23,6 +23,13 @@ pub struct Descriptors {
     pub upstream: usize,
 }
 
+impl Descriptors {
+    /// Everything but the upstream connections: clients, listeners, files, the runtime's own.
+    pub fn besides_upstream(&self) -> usize {
+        self.total - self.upstream
+    }
+}
+
 /// What the soak knows about the proxy's sockets, to sort its descriptors.
 #[derive(Clone, Debug)]
 pub struct Ports {

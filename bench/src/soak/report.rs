@@ -45,38 +45,66 @@ pub fn rss_growth(warm_mib: Option<f64>, end_mib: Option<f64>) -> Check {
     }
 }
 
-/// The descriptors came back to the start value, give or take [`FD_SLACK`], after the load.
+/// Whether the descriptors besides upstream connections are back at the start value, give or
+/// take [`FD_SLACK`].
+pub fn fds_are_back(start: &Descriptors, now: &Descriptors) -> bool {
+    now.besides_upstream() <= start.besides_upstream() + FD_SLACK
+}
+
+/// Whether the upstream connections (the proxy's pool) are back at the start value.
+pub fn pool_is_back(start: &Descriptors, now: &Descriptors) -> bool {
+    now.upstream <= start.upstream
+}
+
+/// The descriptors besides upstream connections came back to the start value after the load.
 pub fn fds_back(
     start: Option<Descriptors>,
     after: Option<Descriptors>,
     after_s: f64,
     patience_s: f64,
 ) -> Check {
-    let name = format!("fds back at the start value within {patience_s:.0} s of the load stopping");
+    let name = format!("fds back at the start value within {patience_s:.0} s of the load");
     let (Some(start), Some(after)) = (start, after) else {
-        return Check {
-            name,
-            passed: false,
-            detail: "the proxy's descriptors could not be read".to_string(),
-        };
-    };
-    let passed = after.total <= start.total + FD_SLACK;
-    let detail = if passed {
-        format!(
-            "{} at start, {} after {after_s:.1} s",
-            start.total, after.total
-        )
-    } else {
-        format!(
-            "{} at start, still {} after {after_s:.1} s, of them {} client and {} upstream \
-             connections",
-            start.total, after.total, after.client, after.upstream
-        )
+        return unreadable(name);
     };
     Check {
         name,
-        passed,
-        detail,
+        passed: fds_are_back(&start, &after),
+        detail: format!(
+            "besides upstream connections: {} at start, {} after {after_s:.1} s ({} client)",
+            start.besides_upstream(),
+            after.besides_upstream(),
+            after.client
+        ),
+    }
+}
+
+/// The proxy's upstream connections (its pool) came back to the start value after the load.
+pub fn pool_back(
+    start: Option<Descriptors>,
+    after: Option<Descriptors>,
+    after_s: f64,
+    patience_s: f64,
+) -> Check {
+    let name = format!("upstream pool back at the start value within {patience_s:.0} s");
+    let (Some(start), Some(after)) = (start, after) else {
+        return unreadable(name);
+    };
+    Check {
+        name,
+        passed: pool_is_back(&start, &after),
+        detail: format!(
+            "upstream connections: {} at start, {} after {after_s:.1} s",
+            start.upstream, after.upstream
+        ),
+    }
+}
+
+fn unreadable(name: String) -> Check {
+    Check {
+        name,
+        passed: false,
+        detail: "the proxy's descriptors could not be read".to_string(),
     }
 }
 
@@ -359,10 +387,22 @@ mod tests {
     fn fds_must_come_back_within_the_slack() {
         assert!(fds_back(fds(13, 0), fds(13, 0), 0.5, 30.0).passed);
         assert!(fds_back(fds(13, 0), fds(13 + FD_SLACK, 0), 30.0, 30.0).passed);
-        let left = fds_back(fds(13, 0), fds(33, 20), 30.0, 30.0);
-        assert!(!left.passed);
-        assert!(left.detail.contains("20 upstream"), "{}", left.detail);
+        assert!(!fds_back(fds(13, 0), fds(14 + FD_SLACK, 0), 30.0, 30.0).passed);
         assert!(!fds_back(None, fds(13, 0), 0.0, 30.0).passed);
+    }
+
+    #[test]
+    fn the_pool_is_judged_apart_and_exactly() {
+        // 20 idle upstream connections left: the other descriptors are back, the pool is not.
+        assert!(fds_back(fds(13, 0), fds(33, 20), 30.0, 30.0).passed);
+        let pool = pool_back(fds(13, 0), fds(33, 20), 30.0, 30.0);
+        assert!(!pool.passed);
+        assert!(
+            pool.detail.contains("0 at start, 20 after"),
+            "{}",
+            pool.detail
+        );
+        assert!(pool_back(fds(13, 0), fds(13, 0), 1.0, 30.0).passed);
     }
 
     #[test]

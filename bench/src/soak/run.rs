@@ -261,6 +261,7 @@ pub async fn run(options: &SoakOptions) -> Result<SoakResult, SoakError> {
         traffic(),
     ));
 
+    let verdict = proxy.status().await.ok().map(|s| s.rollback.verdict);
     http1.stop();
     http2.stop();
     let (http1_report, http2_report, hostile, mut reloads) = tokio::join!(
@@ -295,7 +296,7 @@ pub async fn run(options: &SoakOptions) -> Result<SoakResult, SoakError> {
         ready: admin::call(proxy.admin, Method::GET, "/readyz", "")
             .await
             .is_ok_and(|(status, _)| status == 200),
-        verdict: proxy.status().await.ok().map(|s| s.rollback.verdict),
+        verdict,
     };
     if let Ok(metrics_after) = proxy.metrics().await {
         let increase = |result: &str| {
@@ -316,6 +317,7 @@ pub async fn run(options: &SoakOptions) -> Result<SoakResult, SoakError> {
         report::good_requests(&good.total),
         report::rss_growth(rss_warm_mib, end.rss_mib),
         report::fds_back(start.fds, after.fds, after_s, FD_PATIENCE.as_secs_f64()),
+        report::pool_back(start.fds, after.fds, after_s, FD_PATIENCE.as_secs_f64()),
         report::hostile_sent(&hostile),
         report::malformed_refused(&hostile),
         report::reloads_applied(&reloads),
@@ -348,14 +350,16 @@ pub async fn run(options: &SoakOptions) -> Result<SoakResult, SoakError> {
     })
 }
 
-/// Counts the proxy's descriptors until they are back at `start` (give or take
-/// [`report::FD_SLACK`]) or [`FD_PATIENCE`] has passed.
+/// Counts the proxy's descriptors until they and its pool are back at `start` or
+/// [`FD_PATIENCE`] has passed.
 async fn wait_for_descriptors(pid: u32, ports: &Ports, start: Option<Descriptors>) {
     let deadline = Instant::now() + FD_PATIENCE;
     loop {
         let now = process::descriptors(pid, ports);
         let back = match (start, now) {
-            (Some(start), Some(now)) => now.total <= start.total + report::FD_SLACK,
+            (Some(start), Some(now)) => {
+                report::fds_are_back(&start, &now) && report::pool_is_back(&start, &now)
+            }
             // The process is gone: nothing more to wait for.
             (_, None) => true,
             (None, Some(_)) => false,
