@@ -42,6 +42,37 @@ async fn until_served_by(client: &HttpClient, color: &str, since: Instant) -> Du
     }
 }
 
+/// Two upstreams, a fake API server holding the ConfigMap with their addresses and `keys`,
+/// and a ready proxy following it.
+struct Cluster {
+    api: FakeApiServer,
+    proxy: ProxyProcess,
+    /// Blue and green, kept serving for as long as the test holds them.
+    _upstreams: (TestUpstream, TestUpstream),
+}
+
+async fn cluster(keys: &[(&str, &str)]) -> Cluster {
+    let (blue, green) = (
+        TestUpstream::start("blue").await,
+        TestUpstream::start("green").await,
+    );
+    let api = FakeApiServer::start().await;
+    let (b, g) = (blue.authority(), green.authority());
+    let mut data = vec![
+        ("blue.upstream", b.as_str()),
+        ("green.upstream", g.as_str()),
+    ];
+    data.extend_from_slice(keys);
+    api.create_configmap(NS, NAME, &data);
+    let proxy = start(&api).await;
+    wait_ready(&proxy).await;
+    Cluster {
+        api,
+        proxy,
+        _upstreams: (blue, green),
+    }
+}
+
 async fn wait_ready(proxy: &ProxyProcess) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while proxy.admin_get("/readyz").await.unwrap().0 != 200 {
@@ -52,23 +83,11 @@ async fn wait_ready(proxy: &ProxyProcess) {
 
 #[tokio::test]
 async fn a_configmap_patch_moves_the_split_within_a_second_and_a_bad_one_is_rejected() {
-    let (blue, green) = (
-        TestUpstream::start("blue").await,
-        TestUpstream::start("green").await,
-    );
-    let api = FakeApiServer::start().await;
-    let (b, g) = (blue.authority(), green.authority());
-    api.create_configmap(
-        NS,
-        NAME,
-        &[
-            ("blue.upstream", &b),
-            ("green.upstream", &g),
-            ("canary-weight", "0"),
-        ],
-    );
-    let proxy = start(&api).await;
-    wait_ready(&proxy).await;
+    let Cluster {
+        api,
+        proxy,
+        _upstreams,
+    } = cluster(&[("canary-weight", "0")]).await;
     let client = proxy.client();
     assert_eq!(client.get("/", &[]).await.unwrap().color(), "blue");
 
@@ -152,23 +171,11 @@ async fn waits_for_a_missing_configmap_and_survives_its_deletion() {
 
 #[tokio::test]
 async fn traffic_continues_while_the_api_server_is_away() {
-    let (blue, green) = (
-        TestUpstream::start("blue").await,
-        TestUpstream::start("green").await,
-    );
-    let api = FakeApiServer::start().await;
-    let (b, g) = (blue.authority(), green.authority());
-    api.create_configmap(
-        NS,
-        NAME,
-        &[
-            ("blue.upstream", &b),
-            ("green.upstream", &g),
-            ("canary-weight", "100"),
-        ],
-    );
-    let proxy = start(&api).await;
-    wait_ready(&proxy).await;
+    let Cluster {
+        api,
+        proxy,
+        _upstreams,
+    } = cluster(&[("canary-weight", "100")]).await;
     let client = proxy.client();
 
     api.stop().await;
@@ -293,23 +300,11 @@ async fn a_rollback_is_written_back_and_a_second_replica_converges() {
 
 #[tokio::test]
 async fn kubectl_patch_drives_the_weight_as_a_user_would() {
-    let (blue, green) = (
-        TestUpstream::start("blue").await,
-        TestUpstream::start("green").await,
-    );
-    let api = FakeApiServer::start().await;
-    let (b, g) = (blue.authority(), green.authority());
-    api.create_configmap(
-        NS,
-        NAME,
-        &[
-            ("blue.upstream", &b),
-            ("green.upstream", &g),
-            ("canary-weight", "0"),
-        ],
-    );
-    let proxy = start(&api).await;
-    wait_ready(&proxy).await;
+    let Cluster {
+        api,
+        proxy,
+        _upstreams,
+    } = cluster(&[("canary-weight", "0")]).await;
     let out = api
         .kubectl()
         .args([
