@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{BIN, ChildGuard};
+use common::run_with_proxy;
 
 /// The quick soak takes about 20 s plus up to 30 s for the descriptors; this bounds a stuck
 /// run.
@@ -19,34 +18,10 @@ const SOAK_DEADLINE: Duration = Duration::from_secs(240);
 
 #[test]
 fn quick_soak_passes_its_checks() {
-    let proxy = std::path::Path::new(BIN).with_file_name("canary-proxy");
-    assert!(
-        proxy.is_file(),
-        "{} is missing: build it with `cargo build -p canary-proxy` before this test",
-        proxy.display()
+    let (status, stdout) = run_with_proxy(
+        &["soak".as_ref(), "--quick".as_ref(), "--json".as_ref()],
+        SOAK_DEADLINE,
     );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let stdout_path = dir.path().join("stdout.json");
-    let child = Command::new(BIN)
-        .args(["soak", "--quick", "--json"])
-        .env_remove("CANARY_BENCH_PROXY_BIN")
-        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the soak");
-    let mut child = ChildGuard(child);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("wait for the soak") {
-            break status;
-        }
-        assert!(
-            started.elapsed() < SOAK_DEADLINE,
-            "the quick soak ran over {SOAK_DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = std::fs::read_to_string(&stdout_path).expect("soak output");
     let result: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|err| panic!("the soak printed no JSON ({err}, {status}):\n{stdout}"));
 

@@ -110,3 +110,40 @@ pub fn run(args: &[&str]) -> Output {
     );
     output
 }
+
+/// Runs `canary-bench ARGS` with the real canary-proxy next to it, stdout to a file, until it
+/// exits or `deadline` passes; returns its status and stdout.
+pub fn run_with_proxy(
+    args: &[&std::ffi::OsStr],
+    deadline: Duration,
+) -> (std::process::ExitStatus, String) {
+    let proxy = std::path::Path::new(BIN).with_file_name("canary-proxy");
+    assert!(
+        proxy.is_file(),
+        "{} is missing: build it with `cargo build -p canary-proxy` before this test",
+        proxy.display()
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stdout_path = dir.path().join("stdout");
+    let child = Command::new(BIN)
+        .args(args)
+        .env_remove("CANARY_BENCH_PROXY_BIN")
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start canary-bench");
+    let mut child = ChildGuard(child);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait for canary-bench") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "canary-bench {args:?} ran over {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = std::fs::read_to_string(&stdout_path).expect("canary-bench output");
+    (status, stdout)
+}
