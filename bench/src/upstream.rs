@@ -12,6 +12,7 @@
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -275,5 +276,28 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// An upstream served by this process on a free loopback port, stopped when dropped: the demo's
+/// and the soak's blue and green.
+pub struct LocalUpstream {
+    /// Where the proxy reaches it.
+    pub addr: SocketAddr,
+    /// Dropping it stops the accept loop.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl LocalUpstream {
+    /// Starts a fault-free upstream of `color` on 127.0.0.1.
+    pub async fn start(color: Color) -> std::io::Result<LocalUpstream> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let state = Upstream::new(color, FaultUpdate::default());
+        tokio::spawn(serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        Ok(LocalUpstream { addr, _stop: stop })
     }
 }

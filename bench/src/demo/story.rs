@@ -1,11 +1,9 @@
 //! The demo's steps, played against the real proxy under steady load.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::Method;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -18,7 +16,7 @@ use crate::load::{
     self, LatencySummary, LiveReader, LoadConfig, LoadError, LoadHandle, Stop, Target,
 };
 use crate::proxy::{self, ProxyError, ProxyProcess, Status};
-use crate::upstream::{self, Color, FaultUpdate, Upstream};
+use crate::upstream::{Color, LocalUpstream};
 
 /// Why the demo could not be played to its end (a failed check is not an error: it is a result).
 #[derive(Debug, thiserror::Error)]
@@ -54,30 +52,13 @@ pub enum DemoError {
     },
 }
 
-/// An upstream served by this process, stopped when dropped.
-struct LocalUpstream {
-    addr: SocketAddr,
-    /// Dropping it stops the accept loop.
-    _stop: oneshot::Sender<()>,
-}
-
 async fn start_upstream(color: Color) -> Result<LocalUpstream, DemoError> {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    LocalUpstream::start(color)
         .await
         .map_err(|source| DemoError::Io {
-            what: "cannot bind an upstream on 127.0.0.1",
+            what: "cannot start an upstream on 127.0.0.1",
             source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| DemoError::Io {
-        what: "cannot read the upstream's address",
-        source,
-    })?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let state: Arc<Upstream> = Upstream::new(color, FaultUpdate::default());
-    tokio::spawn(upstream::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
-    Ok(LocalUpstream { addr, _stop: stop })
+        })
 }
 
 /// The proxy's configuration at a given canary weight.

@@ -2,13 +2,9 @@
 //! whole length with a sample on schedule, everything stopped, a wait for the descriptors,
 //! then the proxy's end state and the checks.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::hostile::{Hostile, HostileCounts};
@@ -18,7 +14,7 @@ use super::{GoodCounts, GoodSummary, Phase, ProxyEnd, Sample, SoakOptions, SoakR
 use crate::admin;
 use crate::load::{self, LoadConfig, LoadError, LoadHandle, Stop, Target};
 use crate::proxy::{self, ProxyError, ProxyProcess};
-use crate::upstream::{self, Color, FaultUpdate, Upstream};
+use crate::upstream::{Color, LocalUpstream};
 
 /// How long the descriptors may take to come back after the load stops (LIFE-SOAK).
 const FD_PATIENCE: Duration = Duration::from_secs(30);
@@ -53,28 +49,13 @@ pub enum SoakError {
     },
 }
 
-/// An upstream served by this process, stopped when dropped.
-struct LocalUpstream {
-    /// Where the proxy reaches it.
-    addr: SocketAddr,
-    /// Dropping it stops the accept loop.
-    _stop: oneshot::Sender<()>,
-}
-
 async fn start_upstream(color: Color) -> Result<LocalUpstream, SoakError> {
-    let io = |what| move |source| SoakError::Io { what, source };
-    let listener = TcpListener::bind("127.0.0.1:0")
+    LocalUpstream::start(color)
         .await
-        .map_err(io("cannot bind an upstream on 127.0.0.1"))?;
-    let addr = listener
-        .local_addr()
-        .map_err(io("cannot read the upstream's address"))?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let state: Arc<Upstream> = Upstream::new(color, FaultUpdate::default());
-    tokio::spawn(upstream::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
-    Ok(LocalUpstream { addr, _stop: stop })
+        .map_err(|source| SoakError::Io {
+            what: "cannot start an upstream on 127.0.0.1",
+            source,
+        })
 }
 
 /// The traffic counts a sample shows (see [`Sample`]'s fields of the same names).
