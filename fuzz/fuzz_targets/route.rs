@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use canary_proxy::config::{Color, Config};
+use canary_proxy::rollback::tally::Evidence;
 use canary_proxy::route::RouteTable;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
@@ -39,8 +40,12 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let table = RouteTable::new(config, "fuzz");
     let config = &table.config;
-    let color = table.choose(&headers);
+    let choice = table.choose(&headers);
+    let color = choice.color;
     let overridden = config.by_header.is_some() || config.by_cookie.is_some();
+    if !overridden {
+        assert_eq!(choice.evidence, Evidence::Weighted);
+    }
     if !overridden && config.weight == 0 {
         assert_eq!(color, config.stable);
     }

@@ -1,39 +1,51 @@
 //! Response accounting: the one place where an exchange's outcome is counted, per color, in
-//! the metrics and in the sliding windows, and where a canary failure asks for a rollback
-//! decision. Only upstream outcomes arrive here; a client's own faults never count against
-//! an upstream.
+//! the metrics and in the rollback evidence, and where a weighted canary failure asks the judge
+//! for a verdict. Only upstream outcomes arrive here; a client's own faults never count against
+//! an upstream. An exchange is accounted when it ends: a long stream in the moment it
+//! finishes, a body the upstream breaks as the failure it is.
+//!
+//! The timer ([`Runtime::keep_judging`]) looks at the evidence between failures too, so that
+//! successes and stable's outcomes are taken in, and keeps the window's readings.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::Color;
 use crate::metrics::ErrorKind;
-use crate::rollback::decision::{self, Evidence, Streaks, Verdict};
-use crate::route::RouteTable;
+use crate::rollback::judge::Look;
+use crate::rollback::sequential::Verdict;
+use crate::rollback::tally::Evidence;
+use crate::route::{Choice, RouteTable};
 use crate::runtime::Runtime;
+
+/// How often the timer looks at the evidence.
+const TICK: Duration = Duration::from_millis(100);
 
 /// How one exchange with an upstream ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Response headers arrived with this status.
+    /// A response with this status, read to its end (or left early by the client).
     Response(u16),
-    /// A gRPC response (HTTP 200) ended with this `grpc-status`.
+    /// A gRPC response (HTTP 200) that ended with this `grpc-status`.
     Grpc(u32),
+    /// A response with this status whose body the upstream broke off, for the reason given.
+    Cut(u16, ErrorKind),
     /// No response: the kind says why.
     NoResponse(ErrorKind),
 }
 
 impl Runtime {
-    /// Counts `outcome` for `color` of an exchange that began at `started` and got its
-    /// answer `latency` later, and, on a canary failure, applies the rollback rule.
+    /// Counts `outcome` for the color `choice` sent the request to, whose response headers came
+    /// `latency` after it was sent, and on a weighted canary failure asks for a verdict.
     pub fn account(
         &self,
         table: &Arc<RouteTable>,
-        color: Color,
+        choice: Choice,
         outcome: Outcome,
-        started: Instant,
         latency: Duration,
     ) {
+        let color = choice.color;
         let metrics = self.metrics.color(color);
         let policy = &table.config.rollback;
         let failed = match outcome {
@@ -55,78 +67,92 @@ impl Runtime {
                 }
                 failed
             }
+            Outcome::Cut(status, kind) => {
+                metrics.response(status);
+                metrics.duration.observe(latency.as_secs_f64());
+                metrics.error(kind);
+                true
+            }
             Outcome::NoResponse(kind) => {
                 metrics.no_response(kind);
                 true
             }
         };
-        // The window's clock, without reading the system clock again.
-        let now = self.ms_at(started + latency);
         let latency = (!matches!(outcome, Outcome::NoResponse(_))).then_some(latency);
-        table.windows[color.index()].record(now, failed, latency);
+        self.tally.record(color, choice.evidence, failed, latency);
 
         // Successes cannot make a rollback due, so the healthy path stops here.
-        if failed && policy.enabled && color == table.config.canary() && table.rolled_back.is_none()
+        if failed
+            && choice.evidence == Evidence::Weighted
+            && color == table.config.canary()
+            && judging(table)
+            && let Some(verdict) = table.judge.after_failure(self.look(table))
         {
-            match self.verdict(table, now) {
-                Verdict::RollBack(evidence) => {
-                    self.roll_back(table, reason(&evidence, policy.max_error_rate))
-                }
-                verdict => metrics
-                    .shared_fault
-                    .set(i64::from(verdict == Verdict::SharedFault)),
+            self.act(table, verdict);
+        }
+    }
+
+    /// Looks at the evidence every [`TICK`] and keeps the window's readings, until `stop`.
+    pub async fn keep_judging(self: Arc<Self>, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = tick.tick() => self.tick(),
             }
         }
     }
 
-    /// The rollback rule applied to `table`'s windows at `now_ms`, the canary's failure
-    /// streak included.
-    pub fn verdict(&self, table: &RouteTable, now_ms: u64) -> Verdict {
-        let config = &table.config;
-        let canary = &table.windows[config.canary().index()];
-        let stable = &table.windows[config.stable.index()];
-        decision::decide_with_streaks(
-            canary.counts(now_ms),
-            stable.counts(now_ms),
-            Streaks {
-                canary: canary.streak(now_ms),
-                stable: stable.streak(now_ms),
-            },
-            config.rollback.max_error_rate,
-            config.rollback.min_requests,
-        )
+    /// One look of the timer.
+    pub fn tick(&self) {
+        let now = self.now_ms();
+        {
+            let mut history = self.history();
+            if history.due(now) {
+                history.record(now, Color::ALL.map(|c| self.tally.totals(c)));
+            }
+        }
+        let table = self.routes().clone();
+        match table {
+            Some(table) if judging(&table) => {
+                let verdict = table.judge.tick(self.look(&table));
+                self.act(&table, verdict);
+            }
+            _ => {
+                for color in Color::ALL {
+                    self.metrics.color(color).shared_fault.set(0);
+                }
+            }
+        }
+    }
+
+    fn look<'a>(&'a self, table: &'a RouteTable) -> Look<'a> {
+        Look {
+            tally: &self.tally,
+            plan: &table.plan,
+            canary: table.config.canary(),
+            share: table.canary_share(),
+        }
+    }
+
+    fn act(&self, table: &Arc<RouteTable>, verdict: Verdict) {
+        let canary = table.config.canary();
+        let shared = verdict == Verdict::SharedFault;
+        self.metrics
+            .color(canary)
+            .shared_fault
+            .set(i64::from(shared));
+        self.metrics.color(canary.other()).shared_fault.set(0);
+        if let Verdict::RollBack(evidence) = verdict {
+            self.roll_back(table, evidence.reason());
+        }
     }
 }
 
-fn reason(e: &Evidence, max_error_rate: f64) -> String {
-    let pct = |c: crate::rollback::window::Counts| 100.0 * c.failure_rate();
-    let mut reason = if e.streak {
-        format!(
-            "canary failed its last {} requests in a row, above the {}% threshold",
-            e.canary.requests,
-            100.0 * max_error_rate
-        )
-    } else {
-        format!(
-            "canary failed {} of {} requests ({:.1}%) in the window, above the {}% threshold",
-            e.canary.failures,
-            e.canary.requests,
-            pct(e.canary),
-            100.0 * max_error_rate
-        )
-    };
-    if e.threshold_only {
-        reason.push_str(&format!(
-            "; stable had {} requests, too few to tell whether it shares the fault",
-            e.stable.requests
-        ));
-    } else {
-        reason.push_str(&format!(
-            "; stable failed {} of {} ({:.1}%)",
-            e.stable.failures,
-            e.stable.requests,
-            pct(e.stable)
-        ));
-    }
-    reason
+/// Whether `table`'s canary is being judged: rollback on, not rolled back, and a threshold a
+/// canary can exceed.
+fn judging(table: &RouteTable) -> bool {
+    table.config.rollback.enabled && table.rolled_back.is_none() && table.plan.can_roll_back()
 }

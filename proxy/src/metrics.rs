@@ -7,6 +7,8 @@ use prometheus::{
 };
 
 use crate::config::Color;
+use crate::rollback::sequential::Counts;
+use crate::rollback::tally::Tally;
 
 /// Which upstream fault a request met (`canary_proxy_upstream_errors_total{kind}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +61,9 @@ pub struct ColorMetrics {
     pub shared_fault: IntGauge,
     /// `canary_proxy_retries_total{from = this color, to = the other}`.
     pub retries_to_other: IntCounter,
+    /// `canary_proxy_outcomes_total{color, evidence, result}`: weighted then forced, each
+    /// success then failure. Brought up to the tally when scraped.
+    outcomes: [[IntCounter; 2]; 2],
 }
 
 impl ColorMetrics {
@@ -77,6 +82,15 @@ impl ColorMetrics {
     /// Counts an upstream fault.
     pub fn error(&self, kind: ErrorKind) {
         self.errors[kind as usize].inc();
+    }
+
+    /// Brings `canary_proxy_outcomes_total` up to the tally's weighted and forced counts.
+    fn sync_outcomes(&self, weighted: Counts, forced: Counts) {
+        for (handles, counts) in self.outcomes.iter().zip([weighted, forced]) {
+            for (handle, value) in handles.iter().zip([counts.successes(), counts.failures]) {
+                handle.inc_by(value.saturating_sub(handle.get()));
+            }
+        }
     }
 
     /// The current value of `canary_proxy_requests_total{color}` summed over codes.
@@ -156,6 +170,14 @@ impl Metrics {
             ),
             &["from", "to"],
         )?;
+        let outcomes = IntCounterVec::new(
+            Opts::new(
+                "canary_proxy_outcomes_total",
+                "Outcomes as the rollback test counts them: result=success|failure; \
+                 evidence=weighted (judged) or forced (by header or cookie: never judged)",
+            ),
+            &["color", "evidence", "result"],
+        )?;
         let reloads = IntCounterVec::new(
             Opts::new(
                 "canary_proxy_config_reloads_total",
@@ -183,6 +205,7 @@ impl Metrics {
             Box::new(rollbacks.clone()),
             Box::new(shared.clone()),
             Box::new(retries.clone()),
+            Box::new(outcomes.clone()),
             Box::new(reloads.clone()),
             Box::new(config_info.clone()),
         ] {
@@ -199,6 +222,10 @@ impl Metrics {
                 rollbacks: rollbacks.with_label_values(&[name]),
                 shared_fault: shared.with_label_values(&[name]),
                 retries_to_other: retries.with_label_values(&[name, color.other().as_str()]),
+                outcomes: ["weighted", "forced"].map(|evidence| {
+                    ["success", "failure"]
+                        .map(|result| outcomes.with_label_values(&[name, evidence, result]))
+                }),
             }
         });
         Ok(Metrics {
@@ -222,8 +249,14 @@ impl Metrics {
         self.config_info.with_label_values(&[revision]).set(1);
     }
 
-    /// Renders every metric in the Prometheus text format.
-    pub fn render(&self) -> Vec<u8> {
+    /// Renders every metric in the Prometheus text format, `canary_proxy_outcomes_total` as
+    /// `tally` has it now.
+    pub fn render(&self, tally: &Tally) -> Vec<u8> {
+        for color in Color::ALL {
+            let totals = tally.totals(color);
+            self.color(color)
+                .sync_outcomes(totals.weighted, totals.forced);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

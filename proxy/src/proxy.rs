@@ -16,12 +16,12 @@ use tracing::debug;
 
 use crate::accounting::Outcome;
 use crate::admission;
-use crate::body::{ClientFault, Pending, RequestBody, ResponseBody};
+use crate::body::{ClientFault, Judged, Pending, RequestBody, ResponseBody};
 use crate::config::Color;
 use crate::headers;
 use crate::listener::ClientConn;
 use crate::metrics::ErrorKind;
-use crate::route::RouteTable;
+use crate::route::{Choice, RouteTable};
 use crate::runtime::Runtime;
 use crate::upstream::Fault;
 
@@ -57,7 +57,7 @@ async fn respond(conn: &ClientConn, mut req: Request<Incoming>) -> Response<Resp
         // Broken framing or a stalled client, seen before anything went upstream.
         return client_fault(fault);
     }
-    let color = table.choose(&head.headers);
+    let choice = table.choose(&head.headers);
     headers::to_upstream(
         &mut head,
         &conn.client_value,
@@ -71,19 +71,20 @@ async fn respond(conn: &ClientConn, mut req: Request<Incoming>) -> Response<Resp
     }
     let req = Request::from_parts(head, body);
     let runtime = runtime.clone();
-    forward(runtime, &table, color, req, upgrade.map(|(_, on)| on)).await
+    forward(runtime, &table, choice, req, upgrade.map(|(_, on)| on)).await
 }
 
-/// Sends `req` to `color`, and to stable instead if it could not reach the canary.
+/// Sends `req` to the chosen color, and to stable instead if it could not reach the canary.
 async fn forward(
     runtime: Arc<Runtime>,
     table: &Arc<RouteTable>,
-    mut color: Color,
+    mut choice: Choice,
     mut req: Request<RequestBody>,
     client_upgrade: Option<OnUpgrade>,
 ) -> Response<ResponseBody> {
     let config = &table.config;
     loop {
+        let color = choice.color;
         let started = Instant::now();
         let upstream = &table.upstreams[color.index()];
         let failure = match upstream.send(req, config.timeouts).await {
@@ -93,9 +94,8 @@ async fn forward(
                     let Some(client) = client_upgrade else {
                         runtime.account(
                             table,
-                            color,
+                            choice,
                             Outcome::NoResponse(ErrorKind::Reset),
-                            started,
                             latency,
                         );
                         return local(
@@ -103,25 +103,20 @@ async fn forward(
                             "the upstream switched protocols unasked\n",
                         );
                     };
-                    runtime.account(table, color, Outcome::Response(101), started, latency);
+                    runtime.account(table, choice, Outcome::Response(101), latency);
                     tokio::spawn(tunnel(client, hyper::upgrade::on(&mut response)));
                     return switching_protocols(response);
                 }
-                let pending = match grpc_outcome(&response) {
-                    Some(GrpcOutcome::Trailers) => Some(Pending {
-                        table: table.clone(),
-                        started,
-                        latency,
-                    }),
-                    Some(GrpcOutcome::Status(code)) => {
-                        runtime.account(table, color, Outcome::Grpc(code), started, latency);
-                        None
-                    }
-                    None => {
-                        let status = response.status().as_u16();
-                        runtime.account(table, color, Outcome::Response(status), started, latency);
-                        None
-                    }
+                let pending = Pending {
+                    table: table.clone(),
+                    choice,
+                    status: response.status().as_u16(),
+                    latency,
+                    judged: match grpc_outcome(&response) {
+                        Some(GrpcOutcome::Trailers) => Judged::GrpcTrailers,
+                        Some(GrpcOutcome::Status(code)) => Judged::Grpc(code),
+                        None => Judged::Status,
+                    },
                 };
                 let (mut head, body) = response.into_parts();
                 headers::to_client(&mut head);
@@ -129,7 +124,7 @@ async fn forward(
                     head.headers
                         .insert(name.clone(), HeaderValue::from_static(color.as_str()));
                 }
-                let body = ResponseBody::upstream(body, lease, runtime, color, pending);
+                let body = ResponseBody::upstream(body, lease, runtime, pending);
                 return Response::from_parts(head, body);
             }
             Err(failure) => failure,
@@ -139,19 +134,13 @@ async fn forward(
             // The client broke its own request: nothing to hold against the upstream.
             Fault::Client(fault) => return client_fault(fault),
         };
-        runtime.account(
-            table,
-            color,
-            Outcome::NoResponse(kind),
-            started,
-            started.elapsed(),
-        );
+        runtime.account(table, choice, Outcome::NoResponse(kind), started.elapsed());
         debug!(color = %color, upstream = %upstream.addr, error = %failure.error, "upstream failed");
         match failure.request {
             // Never reached the canary: stable can take it without any risk of doing it twice.
             Some(unsent) if color == config.canary() && config.retry_canary_connect_failure => {
                 runtime.metrics.color(color).retries_to_other.inc();
-                color = config.stable;
+                choice.color = config.stable;
                 req = unsent;
             }
             _ => return error_response(kind, color),

@@ -10,7 +10,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::{Color, Config, HeaderRule, Sticky};
-use crate::rollback::window::Window;
+use crate::rollback::judge::Judge;
+use crate::rollback::sequential::{Counts, Plan};
+use crate::rollback::tally::Evidence;
 use crate::upstream::Upstream;
 
 /// Everything a request needs to be routed and accounted, swapped as one snapshot.
@@ -22,10 +24,21 @@ pub struct RouteTable {
     pub revision: Arc<str>,
     /// Upstream per color, with its connection pool key.
     pub upstreams: [Arc<Upstream>; 2],
-    /// Sliding windows per color; carried over across reloads of the same window length.
-    pub windows: Arc<[Window; 2]>,
+    /// The rollback test's constants, from the rollback policy.
+    pub plan: Plan,
+    /// The canary's test; carried over across reloads while the canary stays the same.
+    pub judge: Arc<Judge>,
     /// Set once the canary has been rolled back: every request then goes to stable.
     pub rolled_back: Option<Arc<RolledBack>>,
+}
+
+/// Where a request goes, and whether it is evidence about that color.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// The color that serves it.
+    pub color: Color,
+    /// Weighted, or forced by a header or cookie.
+    pub evidence: Evidence,
 }
 
 /// A rollback that has happened.
@@ -40,9 +53,10 @@ pub struct RolledBack {
 }
 
 impl RouteTable {
-    /// A table for `config` with new upstreams (empty pools) and empty windows.
+    /// A table for `config` with new upstreams (empty pools) and a judge that starts from no
+    /// requests at all.
     pub fn new(config: Config, revision: &str) -> RouteTable {
-        let window = config.rollback.window;
+        let policy = &config.rollback;
         RouteTable {
             upstreams: Color::ALL.map(|c| {
                 Arc::new(Upstream::new(
@@ -50,7 +64,12 @@ impl RouteTable {
                     config.protocol(c),
                 ))
             }),
-            windows: Arc::new([Window::new(window), Window::new(window)]),
+            plan: Plan::new(
+                policy.max_error_rate,
+                policy.confidence,
+                policy.min_requests,
+            ),
+            judge: Arc::new(Judge::starting_at([Counts::default(); 2])),
             config: Arc::new(config),
             revision: revision.into(),
             rolled_back: None,
@@ -58,37 +77,50 @@ impl RouteTable {
     }
 
     /// Chooses the color for a request with these headers.
-    pub fn choose(&self, headers: &HeaderMap) -> Color {
+    pub fn choose(&self, headers: &HeaderMap) -> Choice {
         let config = &*self.config;
         let (stable, canary) = (config.stable, config.canary());
+        let forced = |color| Choice {
+            color,
+            evidence: Evidence::Forced,
+        };
+        let weighted = |color| Choice {
+            color,
+            evidence: Evidence::Weighted,
+        };
         if self.rolled_back.is_some() {
-            return stable;
+            return weighted(stable);
         }
         if let Some(rule) = &config.by_header {
             match header_decision(rule, headers) {
-                Some(true) => return canary,
-                Some(false) => return stable,
+                Some(true) => return forced(canary),
+                Some(false) => return forced(stable),
                 None => {}
             }
         }
         if let Some(name) = &config.by_cookie {
             match cookie(headers, name) {
-                Some(b"always") => return canary,
-                Some(b"never") => return stable,
+                Some(b"always") => return forced(canary),
+                Some(b"never") => return forced(stable),
                 _ => {}
             }
         }
         if config.weight == 0 {
-            return stable;
+            return weighted(stable);
         }
         if config.weight >= config.weight_total {
-            return canary;
+            return weighted(canary);
         }
         let slot = match self.sticky_key(headers) {
             Some(key) => (stable_hash(key) % u64::from(config.weight_total)) as u32,
             None => random_below(config.weight_total),
         };
-        if slot < config.weight { canary } else { stable }
+        weighted(if slot < config.weight { canary } else { stable })
+    }
+
+    /// The canary's configured share of weighted traffic, 0 to 1 (0 once rolled back).
+    pub fn canary_share(&self) -> f64 {
+        self.weight_percent(self.config.canary()) / 100.0
     }
 
     /// The effective share of weighted traffic per color, in percent.

@@ -2,9 +2,9 @@
 //! and the two ways the table changes: a new configuration, or a rollback.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::broadcast;
@@ -13,6 +13,9 @@ use tracing::{error, info, warn};
 use crate::config::{Color, Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::rfc3339;
+use crate::rollback::history::History;
+use crate::rollback::judge::Judge;
+use crate::rollback::tally::Tally;
 use crate::route::{RolledBack, RouteTable};
 
 /// A rollback the data path decided, for whoever persists it (the Kubernetes write-back).
@@ -45,7 +48,11 @@ pub struct Runtime {
     routes: ArcSwapOption<RouteTable>,
     /// Metric handles, resolved once.
     pub metrics: Metrics,
-    /// Origin of the monotonic millisecond clock the windows use.
+    /// Every outcome per color, sharded per thread: the rollback test's evidence.
+    pub tally: Tally,
+    /// Readings of the tally over `rollback.window`, for `/status` and the charts.
+    history: Mutex<History>,
+    /// Origin of the monotonic millisecond clock the history uses.
     started: Instant,
     /// Set while shutting down: `/readyz` turns 503.
     draining: AtomicBool,
@@ -65,6 +72,8 @@ impl Runtime {
         Arc::new(Runtime {
             routes: ArcSwapOption::empty(),
             metrics,
+            tally: Tally::new(),
+            history: Mutex::new(History::new(Duration::from_secs(30))),
             started: Instant::now(),
             draining: AtomicBool::new(false),
             last_error: ArcSwapOption::empty(),
@@ -91,14 +100,16 @@ impl Runtime {
         self.routes.load()
     }
 
-    /// Milliseconds since start on a monotonic clock: the windows' time base.
+    /// Milliseconds since start on a monotonic clock: the history's time base.
     pub fn now_ms(&self) -> u64 {
-        self.ms_at(Instant::now())
+        Instant::now()
+            .saturating_duration_since(self.started)
+            .as_millis() as u64
     }
 
-    /// `at` on the windows' time base.
-    pub fn ms_at(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.started).as_millis() as u64
+    /// The readings behind `/status`'s window.
+    pub fn history(&self) -> MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether a configuration is loaded and the proxy is not draining.
@@ -129,6 +140,10 @@ impl Runtime {
     /// Validates `data` and, if it is good, swaps it in; otherwise keeps the current table.
     /// `persisted` is a rollback the configuration itself records (the ConfigMap's rollback
     /// annotations), so a restarted or other replica keeps sending everything to stable.
+    ///
+    /// The swap is a compare-and-swap: a rollback decided while the new table was being built
+    /// is carried into it when the canary is still the same one, so a reload never silently
+    /// undoes a rollback whose metric, log line and write-back have already gone out.
     pub fn apply(
         &self,
         data: &BTreeMap<String, String>,
@@ -142,11 +157,33 @@ impl Runtime {
                 return Err(e);
             }
         };
-        let previous = self.routes.load_full();
-        let mut table = build_table(config, revision, previous.as_deref());
-        table.rolled_back = persisted.map(Arc::new);
-        self.routes.store(Some(Arc::new(table)));
-        let table = self.routes.load_full().expect("just stored");
+        let fresh = RouteTable::new(config, revision);
+        let persisted = persisted.map(Arc::new);
+        let first = self.routes.load_full();
+        let mut current = first.clone();
+        let table = loop {
+            let mut table = carry_over(&fresh, current.as_deref(), &self.tally);
+            let raced = current
+                .as_ref()
+                .and_then(|c| c.rolled_back.clone())
+                .filter(|r| {
+                    let known = first.as_ref().and_then(|f| f.rolled_back.as_ref());
+                    !known.is_some_and(|k| Arc::ptr_eq(k, r))
+                        && current.as_deref().is_some_and(|c| same_canary(c, &table))
+                });
+            table.rolled_back = persisted.clone().or(raced);
+            let table = Arc::new(table);
+            let expected = current.as_ref().map_or(std::ptr::null(), Arc::as_ptr);
+            let previous = self.routes.compare_and_swap(expected, Some(table.clone()));
+            if previous.as_ref().map_or(std::ptr::null(), Arc::as_ptr) == expected {
+                break table;
+            }
+            current = (*previous).clone();
+        };
+        let window = table.config.rollback.window;
+        if self.history().window() != window {
+            *self.history() = History::new(window);
+        }
         self.last_error.store(None);
         self.metrics.reloads_ok.inc();
         self.metrics.set_revision(revision);
@@ -176,43 +213,51 @@ impl Runtime {
         error!(revision, error = %error, "config rejected, keeping the last good one");
     }
 
-    /// Swaps in a table that sends everything to stable, unless `table` has been replaced
-    /// meanwhile (a reload wins over a rollback decided on the config it replaced).
+    /// Swaps in a table that sends everything to stable. The decision was made on `table`; if
+    /// a reload replaced it meanwhile with the same canary, the rollback applies to the new
+    /// table too (a reload that changed the canary wins: the evidence was about another one).
     pub fn roll_back(&self, table: &Arc<RouteTable>, reason: String) {
         let canary = table.config.canary();
         let at = rfc3339::format(SystemTime::now());
-        let rolled = RouteTable {
-            rolled_back: Some(Arc::new(RolledBack {
-                color: canary,
-                reason: reason.clone(),
-                at: at.clone(),
-            })),
-            ..RouteTable::clone(table)
+        let rolled_back = Arc::new(RolledBack {
+            color: canary,
+            reason: reason.clone(),
+            at: at.clone(),
+        });
+        let mut current = table.clone();
+        let rolled = loop {
+            if current.rolled_back.is_some() || !same_canary(&current, table) {
+                return;
+            }
+            let rolled = Arc::new(RouteTable {
+                rolled_back: Some(rolled_back.clone()),
+                ..RouteTable::clone(&current)
+            });
+            let previous = self
+                .routes
+                .compare_and_swap(Arc::as_ptr(&current), Some(rolled.clone()));
+            match &*previous {
+                Some(p) if Arc::ptr_eq(p, &current) => break rolled,
+                Some(p) => current = p.clone(),
+                None => return,
+            }
         };
-        let rolled = Arc::new(rolled);
-        let previous = self
-            .routes
-            .compare_and_swap(Arc::as_ptr(table), Some(rolled.clone()));
-        let swapped = previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, table));
-        if !swapped {
-            return;
-        }
         self.metrics.color(canary).rollbacks.inc();
         self.publish_weights(&rolled);
         warn!(
             canary = %canary,
-            stable = %table.config.stable,
-            revision = %table.revision,
+            stable = %rolled.config.stable,
+            revision = %rolled.revision,
             reason = %reason,
             "rolled back: all traffic to stable"
         );
         // Nobody listening (file source) is fine.
         let _ = self.rollbacks.send(RollbackEvent {
             canary,
-            canary_upstream: table.config.upstream(canary).to_string(),
+            canary_upstream: rolled.config.upstream(canary).to_string(),
             reason,
             at,
-            revision: table.revision.clone(),
+            revision: rolled.revision.clone(),
         });
     }
 
@@ -226,28 +271,34 @@ impl Runtime {
     }
 }
 
-/// Builds the table for `config`, carrying over what should survive a reload: the windows
-/// (so a reload does not erase the evidence) and equal upstreams (so their pools stay warm).
-fn build_table(config: Config, revision: &str, previous: Option<&RouteTable>) -> RouteTable {
-    let mut table = RouteTable::new(config, revision);
-    let Some(p) = previous else {
-        return table;
-    };
-    for (new, old) in table.upstreams.iter_mut().zip(&p.upstreams) {
-        if new.addr == old.addr && new.protocol == old.protocol {
-            *new = old.clone();
+/// `fresh` (a new configuration's table) with what should survive a reload of `previous`:
+/// equal upstreams (so their pools stay warm) and, while the canary is the same one and was not
+/// rolled back, its test (so a reload does not erase the evidence). A new canary starts with a
+/// clean record: a new test and no failure streak.
+fn carry_over(fresh: &RouteTable, previous: Option<&RouteTable>, tally: &Tally) -> RouteTable {
+    let mut table = fresh.clone();
+    let canary = table.config.canary();
+    match previous {
+        Some(p) if same_canary(p, &table) && p.rolled_back.is_none() => {
+            table.judge = p.judge.clone();
+        }
+        _ => {
+            tally.reset_streak(canary);
+            table.judge = Arc::new(Judge::starting_now(tally));
         }
     }
-    if p.windows[0].has_length(table.config.rollback.window) {
-        // The canary starts with a clean record when it changed, or after a rollback: its old
-        // failures were already acted on.
-        let canary = table.config.canary();
-        let same_canary = p.config.canary() == canary
-            && p.config.upstream(canary) == table.config.upstream(canary);
-        if !same_canary || p.rolled_back.is_some() {
-            p.windows[canary.index()].reset();
+    if let Some(p) = previous {
+        for (new, old) in table.upstreams.iter_mut().zip(&p.upstreams) {
+            if new.addr == old.addr && new.protocol == old.protocol {
+                *new = old.clone();
+            }
         }
-        table.windows = p.windows.clone();
     }
     table
+}
+
+/// Whether both tables have the same canary: the same color at the same upstream.
+fn same_canary(a: &RouteTable, b: &RouteTable) -> bool {
+    let canary = a.config.canary();
+    b.config.canary() == canary && a.config.upstream(canary) == b.config.upstream(canary)
 }

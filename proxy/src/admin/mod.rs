@@ -61,14 +61,11 @@ fn route(runtime: &Runtime, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     match req.uri().path() {
-        "/metrics" => {
-            status::refresh_shared_fault(runtime);
-            respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                runtime.metrics.render(),
-            )
-        }
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            runtime.metrics.render(&runtime.tally),
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if runtime.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" if runtime.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),

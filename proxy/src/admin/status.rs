@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use crate::config::Color;
 use crate::rfc3339;
-use crate::rollback::decision::Verdict;
+use crate::rollback::history::Summary;
+use crate::rollback::sequential::{self, Counts, Verdict};
 use crate::route::RouteTable;
 use crate::runtime::Runtime;
 
@@ -43,9 +44,13 @@ struct PerColor<T> {
 #[derive(Serialize)]
 struct ColorStatus {
     upstream: String,
+    /// Weighted requests in the window: the ones the rollback test judges.
     requests: u64,
     failures: u64,
     failure_rate: f64,
+    /// Requests forced to this color by a header or cookie in the window: counted, not judged.
+    forced_requests: u64,
+    forced_failures: u64,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     requests_total: u64,
@@ -56,11 +61,53 @@ struct Rollback {
     enabled: bool,
     max_error_rate: f64,
     min_requests: u64,
+    confidence: f64,
     rolled_back: bool,
     color: Option<&'static str>,
     reason: Option<String>,
     at: Option<String>,
     verdict: &'static str,
+    test: Option<TestStatus>,
+}
+
+/// The sequential test against its boundaries.
+#[derive(Serialize)]
+struct TestStatus {
+    /// The absolute statistic (is the canary above the threshold?) and its boundary.
+    statistic: f64,
+    boundary: f64,
+    /// The relative statistic (is it worse than stable?) and its boundary.
+    relative_statistic: f64,
+    relative_boundary: f64,
+    /// Weighted requests of each color since the test began (the canary's current upstream).
+    canary: CountsStatus,
+    stable: CountsStatus,
+    /// The canary's requests since its statistic last left 0, and stable's meanwhile.
+    run: CountsStatus,
+    run_stable: CountsStatus,
+    /// The canary's failures in a row against the streak that rolls back at once, and the
+    /// successes in a row that rule asks of stable.
+    canary_failures_in_row: u64,
+    streak_boundary: u64,
+    stable_successes_in_row: u64,
+    stable_successes_needed: u64,
+    /// Canary requests over which the false-rollback bound holds.
+    horizon_requests: f64,
+}
+
+#[derive(Serialize)]
+struct CountsStatus {
+    requests: u64,
+    failures: u64,
+}
+
+impl From<Counts> for CountsStatus {
+    fn from(c: Counts) -> Self {
+        CountsStatus {
+            requests: c.requests,
+            failures: c.failures,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -74,6 +121,11 @@ pub fn render(runtime: &Runtime) -> Vec<u8> {
     let table = runtime.routes().clone();
     let table = table.as_deref();
     let now = runtime.now_ms();
+    let totals = Color::ALL.map(|c| runtime.tally.totals(c));
+    let (window, summaries) = {
+        let history = runtime.history();
+        (history.window(), history.summary(now, &totals))
+    };
     let source_state = runtime.source_state();
     let status = Status {
         revision: table.map(|t| &*t.revision),
@@ -92,12 +144,12 @@ pub fn render(runtime: &Runtime) -> Vec<u8> {
             blue: t.weight_percent(Color::Blue),
             green: t.weight_percent(Color::Green),
         }),
-        window_seconds: table.map(|t| t.windows[0].length().as_secs_f64()),
+        window_seconds: table.map(|_| window.as_secs_f64()),
         colors: table.map(|t| PerColor {
-            blue: color_status(runtime, t, Color::Blue, now),
-            green: color_status(runtime, t, Color::Green, now),
+            blue: color_status(runtime, t, Color::Blue, &summaries[0]),
+            green: color_status(runtime, t, Color::Green, &summaries[1]),
         }),
-        rollback: table.map(|t| rollback(runtime, t, now)),
+        rollback: table.map(|t| rollback(runtime, t)),
         last_config_error: runtime.last_error().map(|e| ConfigError {
             message: e.message.clone(),
             at: rfc3339::format(e.at),
@@ -106,65 +158,75 @@ pub fn render(runtime: &Runtime) -> Vec<u8> {
     serde_json::to_vec_pretty(&status).expect("status serialises")
 }
 
-/// Sets `canary_proxy_shared_fault` from the windows as they are now, so a scrape sees the
-/// current state even when no canary failure has arrived lately.
-pub fn refresh_shared_fault(runtime: &Runtime) {
-    let table = runtime.routes().clone();
-    for color in Color::ALL {
-        let shared = table.as_deref().is_some_and(|t| {
-            t.config.canary() == color
-                && t.rolled_back.is_none()
-                && t.config.rollback.enabled
-                && runtime.verdict(t, runtime.now_ms()) == Verdict::SharedFault
-        });
-        runtime
-            .metrics
-            .color(color)
-            .shared_fault
-            .set(i64::from(shared));
-    }
-}
-
-fn color_status(runtime: &Runtime, table: &RouteTable, color: Color, now: u64) -> ColorStatus {
-    let summary = table.windows[color.index()].summary(now);
+fn color_status(
+    runtime: &Runtime,
+    table: &RouteTable,
+    color: Color,
+    window: &Summary,
+) -> ColorStatus {
     let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
     ColorStatus {
         upstream: table.config.upstream(color).to_string(),
-        requests: summary.counts.requests,
-        failures: summary.counts.failures,
-        failure_rate: summary.counts.failure_rate(),
-        p50_ms: summary.p50.map(ms),
-        p99_ms: summary.p99.map(ms),
+        requests: window.weighted.requests,
+        failures: window.weighted.failures,
+        failure_rate: window.weighted.failure_rate(),
+        forced_requests: window.forced.requests,
+        forced_failures: window.forced.failures,
+        p50_ms: window.p50.map(ms),
+        p99_ms: window.p99.map(ms),
         requests_total: runtime.metrics.color(color).requests_total(),
     }
 }
 
-fn rollback(runtime: &Runtime, table: &RouteTable, now: u64) -> Rollback {
+fn rollback(runtime: &Runtime, table: &RouteTable) -> Rollback {
     let policy = &table.config.rollback;
+    let (test, last) = table.judge.state();
     let verdict = if table.rolled_back.is_some() {
         "rolled_back"
-    } else if !policy.enabled {
+    } else if !policy.enabled || !table.plan.can_roll_back() {
         "disabled"
     } else if !table.config.canary_reachable() {
         "no_canary"
     } else {
-        match runtime.verdict(table, now) {
-            Verdict::Insufficient => "insufficient",
+        match last {
             Verdict::Healthy => "healthy",
             Verdict::SharedFault => "shared_fault",
-            // Due but not yet acted on: the next canary failure trips it.
+            Verdict::Comparing => "comparing",
+            // Due but not yet acted on: the next look trips it.
             Verdict::RollBack(_) => "rolling_back",
         }
     };
+    let plan = &table.plan;
+    let streaks = runtime.tally.streaks(table.config.canary());
     let rolled = table.rolled_back.as_deref();
     Rollback {
         enabled: policy.enabled,
         max_error_rate: 100.0 * policy.max_error_rate,
         min_requests: policy.min_requests,
+        confidence: 100.0 * policy.confidence,
         rolled_back: rolled.is_some(),
         color: rolled.map(|r| r.color.as_str()),
         reason: rolled.map(|r| r.reason.clone()),
         at: rolled.map(|r| r.at.clone()),
         verdict,
+        test: plan.can_roll_back().then(|| TestStatus {
+            statistic: round(test.absolute),
+            boundary: round(plan.boundary),
+            relative_statistic: round(test.relative()),
+            relative_boundary: round(plan.relative_boundary),
+            canary: test.judged.into(),
+            stable: test.stable.into(),
+            run: test.run.into(),
+            run_stable: test.run_stable.into(),
+            canary_failures_in_row: streaks.canary,
+            streak_boundary: plan.streak,
+            stable_successes_in_row: streaks.stable,
+            stable_successes_needed: plan.stable_run,
+            horizon_requests: sequential::HORIZON,
+        }),
     }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }

@@ -5,4 +5,4 @@ mod request;
 mod response;
 
 pub use request::{ClientFault, RequestBody};
-pub use response::{Pending, ResponseBody};
+pub use response::{BodyError, Judged, Pending, ResponseBody};

@@ -1,19 +1,25 @@
 //! The response body the client gets: the upstream's body streamed through, or a short local
 //! body for errors the proxy answers itself.
+//!
+//! An upstream exchange is accounted when its body ends, so a long stream (gRPC server
+//! streaming, SSE) counts in the moment it finishes and a body the upstream breaks off (a reset,
+//! a short body, bad chunking, or silence for `timeout.response-idle`) counts as a failure of its
+//! color. A client that leaves early costs the upstream nothing.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::accounting::Outcome;
-use crate::config::Color;
 use crate::metrics::ErrorKind;
-use crate::route::RouteTable;
+use crate::route::{Choice, RouteTable};
 use crate::runtime::Runtime;
 use crate::upstream::Lease;
 
@@ -25,53 +31,115 @@ pub enum ResponseBody {
     Local(Option<Bytes>),
 }
 
-/// An upstream body, with the connection it came on and the color to blame for a reset.
+/// Why a streamed response body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The upstream broke the body off.
+    #[error("the upstream broke the response body: {0}")]
+    Upstream(#[from] hyper::Error),
+    /// The upstream sent nothing for `timeout.response-idle`.
+    #[error("the upstream sent no response body data for {0:?}")]
+    Idle(Duration),
+}
+
+/// An upstream body, with the connection it came on and the exchange still to account.
 pub struct Streamed {
     body: Incoming,
     /// Returned to the pool when the body has been read to its end.
     lease: Option<Lease>,
-    /// Counts a reset mid-body against `color`.
+    /// Where the outcome is accounted.
     runtime: Arc<Runtime>,
-    color: Color,
-    /// A gRPC response's accounting, done when its `grpc-status` trailer arrives.
+    /// The exchange to account when the body ends; `None` once accounted.
     pending: Option<Pending>,
+    /// Armed the first time the upstream has nothing to give; boxed only for bodies that wait.
+    idle: Option<Pin<Box<Sleep>>>,
 }
 
-/// What deferred accounting needs: the table the request was routed by, and the latency to
-/// the response headers.
+/// What accounting an exchange at its end needs.
 pub struct Pending {
     /// The routing table of the request.
     pub table: Arc<RouteTable>,
-    /// When the exchange began.
-    pub started: Instant,
+    /// Where the request went, and whether it is evidence.
+    pub choice: Choice,
+    /// The response's status.
+    pub status: u16,
     /// Time to the response headers.
     pub latency: Duration,
+    /// How the exchange's success is judged.
+    pub judged: Judged,
+}
+
+/// How an exchange's success is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// By its HTTP status.
+    Status,
+    /// By the `grpc-status` of its trailers, still to come.
+    GrpcTrailers,
+    /// By a `grpc-status` already read from its headers (a trailers-only response).
+    Grpc(u32),
 }
 
 impl Streamed {
-    fn settle(&mut self, outcome: Outcome) {
+    fn settle(&mut self, end: End) {
         if let Some(p) = self.pending.take() {
-            self.runtime
-                .account(&p.table, self.color, outcome, p.started, p.latency);
+            let outcome = match (end, p.judged) {
+                (End::Cut(kind), _) => Outcome::Cut(p.status, kind),
+                (End::Trailers(code), Judged::GrpcTrailers) => Outcome::Grpc(code),
+                // A gRPC stream must end with a status; ending without one is a fault.
+                (End::Clean, Judged::GrpcTrailers) => Outcome::Cut(p.status, ErrorKind::Reset),
+                (_, Judged::Grpc(code)) => Outcome::Grpc(code),
+                _ => Outcome::Response(p.status),
+            };
+            self.runtime.account(&p.table, p.choice, outcome, p.latency);
+        }
+    }
+
+    /// The response-idle timer: `Ready` once the upstream has been silent for too long.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<Duration> {
+        let Some(timeout) = self
+            .pending
+            .as_ref()
+            .map(|p| p.table.config.timeouts.response_idle)
+        else {
+            return Poll::Pending;
+        };
+        let idle = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        idle.as_mut().poll(cx).map(|()| timeout)
+    }
+
+    fn progressed(&mut self) {
+        if let (Some(idle), Some(p)) = (&mut self.idle, &self.pending) {
+            idle.as_mut()
+                .reset(Instant::now() + p.table.config.timeouts.response_idle);
         }
     }
 }
 
+/// How a body ended, for its accounting.
+#[derive(Clone, Copy)]
+enum End {
+    /// Read to its end.
+    Clean,
+    /// Ended with trailers carrying this `grpc-status`.
+    Trailers(u32),
+    /// Broken off by the upstream.
+    Cut(ErrorKind),
+    /// Left by the client before its end.
+    Abandoned,
+}
+
 impl ResponseBody {
-    /// Streams `body` from `color`'s upstream; `pending` is a gRPC exchange still to account.
-    pub fn upstream(
-        body: Incoming,
-        lease: Lease,
-        runtime: Arc<Runtime>,
-        color: Color,
-        pending: Option<Pending>,
-    ) -> Self {
+    /// Streams `body` from an upstream; `pending` is the exchange to account at its end.
+    pub fn upstream(body: Incoming, lease: Lease, runtime: Arc<Runtime>, pending: Pending) -> Self {
         ResponseBody::Upstream(Streamed {
             body,
             lease: Some(lease),
             runtime,
-            color,
-            pending,
+            pending: Some(pending),
+            idle: None,
         })
     }
 
@@ -83,37 +151,41 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ResponseBody::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
-            ResponseBody::Upstream(s) => {
-                let polled = Pin::new(&mut s.body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(trailers) = frame.trailers_ref() {
-                            s.settle(Outcome::Grpc(crate::proxy::grpc_status(trailers)));
-                        }
+            ResponseBody::Upstream(s) => match Pin::new(&mut s.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    s.progressed();
+                    if let Some(trailers) = frame.trailers_ref() {
+                        s.settle(End::Trailers(crate::proxy::grpc_status(trailers)));
                     }
-                    // A gRPC stream must end with a status; ending without one is a fault.
-                    Poll::Ready(None) => s.settle(Outcome::NoResponse(ErrorKind::Reset)),
-                    Poll::Ready(Some(Err(_))) => {
-                        // The client sees the error as a broken stream, never a clean end.
-                        s.lease = None;
-                        if s.pending.is_some() {
-                            s.settle(Outcome::NoResponse(ErrorKind::Reset));
-                        } else {
-                            s.runtime.metrics.color(s.color).error(ErrorKind::Reset);
-                        }
-                    }
-                    Poll::Pending => {}
+                    Poll::Ready(Some(Ok(frame)))
                 }
-                polled
-            }
+                Poll::Ready(None) => {
+                    s.settle(End::Clean);
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    // The client sees the error as a broken stream, never a clean end.
+                    s.lease = None;
+                    s.settle(End::Cut(ErrorKind::Reset));
+                    Poll::Ready(Some(Err(e.into())))
+                }
+                Poll::Pending => match s.stalled(cx) {
+                    Poll::Ready(after) => {
+                        s.lease = None;
+                        s.settle(End::Cut(ErrorKind::Timeout));
+                        Poll::Ready(Some(Err(BodyError::Idle(after))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                },
+            },
         }
     }
 
@@ -135,8 +207,13 @@ impl Body for ResponseBody {
 
 impl Drop for Streamed {
     fn drop(&mut self) {
-        // The client went away before the status: not the upstream's fault.
-        self.settle(Outcome::Response(200));
+        // A body with nothing to read (HEAD, 204, 304, an empty body) may never be polled.
+        let end = if self.body.is_end_stream() {
+            End::Clean
+        } else {
+            End::Abandoned
+        };
+        self.settle(end);
         // Only a connection whose response was read to the end can carry another request.
         if let Some(lease) = self.lease.take()
             && self.body.is_end_stream()

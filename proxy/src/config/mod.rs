@@ -201,6 +201,9 @@ pub struct RollbackPolicy {
     pub max_error_rate: f64,
     /// `rollback.min-requests`.
     pub min_requests: u64,
+    /// `rollback.confidence` as a fraction (99 % is 0.99): the chance that a canary at or below
+    /// the threshold is *not* rolled back within the test's horizon.
+    pub confidence: f64,
     /// `rollback.window`.
     pub window: Duration,
     /// `rollback.failure-statuses`.
@@ -261,6 +264,9 @@ impl fmt::Debug for StatusSet {
 pub struct Timeouts {
     /// `timeout.connect`: TCP connect to an upstream.
     pub connect: Duration,
-    /// `timeout.request`: from sending the request to the upstream's response headers.
+    /// `timeout.request`: from the end of sending the request (its body included) to the
+    /// upstream's response headers; time spent waiting for the client's body is not counted.
     pub request: Duration,
+    /// `timeout.response-idle`: the longest wait for the next piece of a response body.
+    pub response_idle: Duration,
 }

@@ -29,6 +29,7 @@ pub const KEYS: &[&str] = &[
     "rollback.enabled",
     "rollback.max-error-rate",
     "rollback.min-requests",
+    "rollback.confidence",
     "rollback.window",
     "rollback.failure-statuses",
     "rollback.grpc-failure-codes",
@@ -36,6 +37,7 @@ pub const KEYS: &[&str] = &[
     "timeout.connect",
     "timeout.request",
     "timeout.client-body",
+    "timeout.response-idle",
     "limit.request-body",
     "forwarded.trusted-hops",
     "response-color-header",
@@ -161,6 +163,13 @@ pub(super) fn parse(data: &BTreeMap<String, String>) -> Result<Config, ConfigErr
             0 => Err("must be at least 1".into()),
             n => Ok(u64::from(n)),
         })?,
+        confidence: keys.parse_or("rollback.confidence", 0.99, |v| {
+            let c = percent(v)?;
+            if !(0.5..1.0).contains(&c) {
+                return Err("must be at least 50 and below 100".into());
+            }
+            Ok(c)
+        })?,
         window: keys.parse_or("rollback.window", Duration::from_secs(30), |v| {
             let d = duration(v)?;
             if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
@@ -183,6 +192,11 @@ pub(super) fn parse(data: &BTreeMap<String, String>) -> Result<Config, ConfigErr
         connect: keys.parse_or("timeout.connect", Duration::from_secs(1), positive_duration)?,
         request: keys.parse_or(
             "timeout.request",
+            Duration::from_secs(60),
+            positive_duration,
+        )?,
+        response_idle: keys.parse_or(
+            "timeout.response-idle",
             Duration::from_secs(60),
             positive_duration,
         )?,

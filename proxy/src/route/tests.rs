@@ -27,7 +27,7 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 
 fn canary_share(table: &RouteTable, n: u32, h: &HeaderMap) -> f64 {
     let canary = table.config.canary();
-    (0..n).filter(|_| table.choose(h) == canary).count() as f64 / f64::from(n)
+    (0..n).filter(|_| table.choose(h).color == canary).count() as f64 / f64::from(n)
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn weight_total_and_extremes() {
 #[test]
 fn stable_green_makes_blue_the_canary() {
     let t = table(&[("stable", "green"), ("canary-weight", "100")]);
-    assert_eq!(t.choose(&HeaderMap::new()), Color::Blue);
+    assert_eq!(t.choose(&HeaderMap::new()).color, Color::Blue);
 }
 
 #[test]
@@ -80,21 +80,42 @@ fn header_always_and_never_beat_the_weight() {
 }
 
 #[test]
+fn forced_requests_are_told_apart_from_weighted_ones() {
+    let t = table(&[("canary-weight", "50"), ("canary-by-header", "x-canary")]);
+    for value in ["always", "never"] {
+        let choice = t.choose(&headers(&[("x-canary", value)]));
+        assert_eq!(choice.evidence, Evidence::Forced, "{value}");
+    }
+    for _ in 0..100 {
+        assert_eq!(t.choose(&HeaderMap::new()).evidence, Evidence::Weighted);
+    }
+}
+
+#[test]
 fn header_value_and_pattern_beat_the_weight() {
     let t = table(&[
         ("canary-by-header", "x-user"),
         ("canary-by-header-value", "tester"),
     ]);
-    assert_eq!(t.choose(&headers(&[("x-user", "tester")])), Color::Green);
+    assert_eq!(
+        t.choose(&headers(&[("x-user", "tester")])).color,
+        Color::Green
+    );
     // With a value set, `always` is just another value (NGINX semantics).
-    assert_eq!(t.choose(&headers(&[("x-user", "always")])), Color::Blue);
+    assert_eq!(
+        t.choose(&headers(&[("x-user", "always")])).color,
+        Color::Blue
+    );
 
     let t = table(&[
         ("canary-by-header", "x-user"),
         ("canary-by-header-pattern", "^qa-[0-9]+$"),
     ]);
-    assert_eq!(t.choose(&headers(&[("x-user", "qa-42")])), Color::Green);
-    assert_eq!(t.choose(&headers(&[("x-user", "qa-x")])), Color::Blue);
+    assert_eq!(
+        t.choose(&headers(&[("x-user", "qa-42")])).color,
+        Color::Green
+    );
+    assert_eq!(t.choose(&headers(&[("x-user", "qa-x")])).color, Color::Blue);
 
     // The value wins over the pattern.
     let t = table(&[
@@ -102,8 +123,11 @@ fn header_value_and_pattern_beat_the_weight() {
         ("canary-by-header-value", "exact"),
         ("canary-by-header-pattern", "^qa"),
     ]);
-    assert_eq!(t.choose(&headers(&[("x-user", "qa-1")])), Color::Blue);
-    assert_eq!(t.choose(&headers(&[("x-user", "exact")])), Color::Green);
+    assert_eq!(t.choose(&headers(&[("x-user", "qa-1")])).color, Color::Blue);
+    assert_eq!(
+        t.choose(&headers(&[("x-user", "exact")])).color,
+        Color::Green
+    );
 }
 
 #[test]
@@ -151,12 +175,16 @@ fn sticky_users_only_move_towards_the_canary() {
         let mut count = 0;
         for (i, id) in ids.iter().enumerate() {
             let h = headers(&[("cookie", &format!("session={id}"))]);
-            let canary = t.choose(&h) == Color::Green;
+            let canary = t.choose(&h).color == Color::Green;
             assert!(
                 canary || !on_canary[i],
                 "{id} moved back to stable at weight {weight}"
             );
-            assert_eq!(canary, t.choose(&h) == Color::Green, "not a pure function");
+            assert_eq!(
+                canary,
+                t.choose(&h).color == Color::Green,
+                "not a pure function"
+            );
             on_canary[i] = canary;
             count += usize::from(canary);
         }

@@ -150,6 +150,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let judge_task = tokio::spawn(runtime.clone().keep_judging(stopped(stop_rx.clone())));
     let data = bind(args.listen, "data").await?;
     let admin_listener = bind(args.admin_listen, "admin").await?;
     let admin_task = tokio::spawn(admin::serve(
@@ -181,7 +182,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await;
 
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(admin_task, source_task);
+    let _ = tokio::join!(admin_task, source_task, judge_task);
     info!("stopped");
     Ok(())
 }

@@ -137,6 +137,18 @@ fn bad_inputs_are_rejected_with_a_message_naming_key_and_value() {
             "key `rollback.min-requests`: \"0\" must be at least 1",
         ),
         (
+            &[("rollback.confidence", "100")],
+            "key `rollback.confidence`: \"100\" must be at least 50 and below 100",
+        ),
+        (
+            &[("rollback.confidence", "sure")],
+            "key `rollback.confidence`: \"sure\" is not a number",
+        ),
+        (
+            &[("timeout.response-idle", "0s")],
+            "key `timeout.response-idle`: \"0s\" must be more than zero",
+        ),
+        (
             &[("rollback.window", "30")],
             "key `rollback.window`: \"30\" has no unit: write e.g. `500ms`, `30s` or `2m`",
         ),

@@ -1,0 +1,187 @@
+//! One canary's judge: feeds the [`Tally`]'s new weighted outcomes to the sequential
+//! [`Test`] and keeps its latest [`Verdict`]. It looks at every canary failure (from the
+//! request that failed) and on the runtime's timer.
+//!
+//! A look takes a `Mutex`, but only with `try_lock` from the request path: a failure that finds
+//! another look under way leaves its outcome to the next look, which reads the same counters.
+//! Successes never look.
+
+use std::sync::{Mutex, MutexGuard, TryLockError};
+
+use crate::config::Color;
+use crate::rollback::sequential::{self, Counts, Plan, Test, Verdict};
+use crate::rollback::tally::Tally;
+
+/// The state of one canary's test.
+pub struct Judge {
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The statistics.
+    test: Test,
+    /// Each color's weighted counts at the last look: the next batch starts there.
+    seen: [Counts; 2],
+    /// The verdict of the last look.
+    verdict: Verdict,
+}
+
+/// What a look needs besides the judge.
+#[derive(Clone, Copy)]
+pub struct Look<'a> {
+    /// Where the outcomes are.
+    pub tally: &'a Tally,
+    /// The test's constants.
+    pub plan: &'a Plan,
+    /// Which color is the canary.
+    pub canary: Color,
+    /// The canary's configured share of weighted traffic, 0 to 1.
+    pub share: f64,
+}
+
+impl Judge {
+    /// A judge whose test starts from `tally`'s counts as they are now.
+    pub fn starting_now(tally: &Tally) -> Judge {
+        Judge::starting_at(Color::ALL.map(|c| tally.weighted(c)))
+    }
+
+    /// A judge whose test starts from `seen` (per color).
+    pub fn starting_at(seen: [Counts; 2]) -> Judge {
+        Judge {
+            state: Mutex::new(State {
+                test: Test::default(),
+                seen,
+                verdict: Verdict::Healthy,
+            }),
+        }
+    }
+
+    /// A look right after a canary failure was counted, from the request path; `None` when
+    /// another look is under way (it, or the next, takes this failure in).
+    pub fn after_failure(&self, look: Look<'_>) -> Option<Verdict> {
+        let mut state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(TryLockError::WouldBlock) => return None,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        Some(state.look(look, true))
+    }
+
+    /// A look from the timer: takes in the successes (and stable's failures) since the last.
+    pub fn tick(&self, look: Look<'_>) -> Verdict {
+        self.lock().look(look, false)
+    }
+
+    /// The test's state and the last verdict, for `/status`.
+    pub fn state(&self) -> (Test, Verdict) {
+        let state = self.lock();
+        (state.test, state.verdict)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    fn look(&mut self, look: Look<'_>, after_failure: bool) -> Verdict {
+        let stable = look.canary.other();
+        let now = Color::ALL.map(|c| look.tally.weighted(c));
+        let mut canary = now[look.canary.index()].since(self.seen[look.canary.index()]);
+        let stable_batch = now[stable.index()].since(self.seen[stable.index()]);
+        self.seen = now;
+        if after_failure && canary.failures > 0 {
+            // What came before the failure that called, then the failure itself, in that order.
+            canary = Counts {
+                requests: canary.requests - 1,
+                failures: canary.failures - 1,
+            };
+            self.test
+                .observe(look.plan, canary, stable_batch, look.share);
+            self.test
+                .observe(look.plan, Counts::new(0, 1), Counts::default(), look.share);
+        } else {
+            self.test
+                .observe(look.plan, canary, stable_batch, look.share);
+        }
+        self.verdict = sequential::decide(
+            look.plan,
+            &self.test,
+            look.tally.streaks(look.canary),
+            look.share,
+        );
+        self.verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollback::tally::Evidence;
+
+    #[test]
+    fn a_failure_after_successes_counts_in_order() {
+        let tally = Tally::new();
+        let judge = Judge::starting_now(&tally);
+        let plan = Plan::new(0.05, 0.99, 20);
+        let look = Look {
+            tally: &tally,
+            plan: &plan,
+            canary: Color::Green,
+            share: 0.5,
+        };
+        for _ in 0..50 {
+            tally.record(Color::Green, Evidence::Weighted, false, None);
+        }
+        tally.record(Color::Green, Evidence::Weighted, true, None);
+        judge.after_failure(look).unwrap();
+        // The successes took the statistic to 0, then the failure added ln 2.
+        let (test, verdict) = judge.state();
+        assert!((test.absolute - 2f64.ln()).abs() < 1e-9, "{test:?}");
+        assert_eq!(test.judged, Counts::new(50, 1));
+        assert_eq!(verdict, Verdict::Healthy);
+    }
+
+    #[test]
+    fn a_dead_canary_is_judged_at_its_twentieth_failure() {
+        let tally = Tally::new();
+        for _ in 0..100 {
+            tally.record(Color::Blue, Evidence::Weighted, false, None);
+        }
+        let judge = Judge::starting_now(&tally);
+        let plan = Plan::new(0.05, 0.99, 20);
+        let look = Look {
+            tally: &tally,
+            plan: &plan,
+            canary: Color::Green,
+            share: 0.05,
+        };
+        for i in 1..=20 {
+            tally.record(Color::Green, Evidence::Weighted, true, None);
+            let v = judge.after_failure(look).unwrap();
+            assert_eq!(
+                matches!(v, Verdict::RollBack(e) if e.streak),
+                i == 20,
+                "{i}: {v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn forced_failures_are_not_evidence() {
+        let tally = Tally::new();
+        let judge = Judge::starting_now(&tally);
+        let plan = Plan::new(0.05, 0.99, 20);
+        let look = Look {
+            tally: &tally,
+            plan: &plan,
+            canary: Color::Green,
+            share: 0.0,
+        };
+        for _ in 0..1000 {
+            tally.record(Color::Green, Evidence::Forced, true, None);
+            judge.tick(look);
+        }
+        assert_eq!(judge.state(), (Test::default(), Verdict::Healthy));
+    }
+}
