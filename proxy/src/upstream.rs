@@ -7,6 +7,7 @@
 //! an idle connection is always ready for the next request.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -21,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::body::{ClientFault, RequestBody};
+use crate::body::{ClientFault, ClientWait, RequestBody};
 use crate::config::{Protocol, Timeouts, UpstreamAddr};
 use crate::headers;
 use crate::metrics::ErrorKind;
@@ -145,8 +146,9 @@ impl Upstream {
                     Err(e) => return Err(e.with_request(req)),
                 },
             };
+            let wait = req.body().client_wait();
             let sent =
-                tokio::time::timeout(timeouts.request, conn.sender.try_send_request(req)).await;
+                upstream_time(timeouts.request, wait, conn.sender.try_send_request(req)).await;
             match sent {
                 Ok(Ok(response)) if ambiguous_length(&response) => {
                     // The connection is dropped with the sender: its framing cannot be trusted.
@@ -192,6 +194,7 @@ impl Upstream {
                     Err(e) => return Err(e.with_request(req)),
                 },
             };
+            let wait = req.body().client_wait();
             let exchange = async {
                 // Waits for a free stream when the upstream's concurrency limit is reached.
                 if let Err(e) = sender.ready().await {
@@ -202,7 +205,7 @@ impl Upstream {
                     (e.into_error(), unsent)
                 })
             };
-            match tokio::time::timeout(timeouts.request, exchange).await {
+            match upstream_time(timeouts.request, wait, exchange).await {
                 Ok(Ok(response)) => return Ok((response, Lease::default())),
                 Ok(Err((_, Some(unsent)))) => {
                     drop_h2(self.key);
@@ -298,6 +301,32 @@ impl Upstream {
             }
         }
         Err(last.unwrap_or_else(|| io::Error::other("the name resolved to no address")))
+    }
+}
+
+/// Runs `exchange` for at most `limit` of the upstream's time: the time spent waiting for the
+/// client's request body (`wait`) is added to the deadline, so that a slow upload is left to
+/// `timeout.client-body` (the client's fault) rather than counted against the upstream.
+async fn upstream_time<T>(
+    limit: Duration,
+    wait: Option<Arc<ClientWait>>,
+    exchange: impl Future<Output = T>,
+) -> Result<T, ()> {
+    let Some(wait) = wait else {
+        return tokio::time::timeout(limit, exchange).await.map_err(|_| ());
+    };
+    let started = tokio::time::Instant::now();
+    tokio::pin!(exchange);
+    loop {
+        let deadline = started + limit + wait.waited();
+        tokio::select! {
+            done = &mut exchange => return Ok(done),
+            () = tokio::time::sleep_until(deadline) => {
+                if tokio::time::Instant::now() >= started + limit + wait.waited() {
+                    return Err(());
+                }
+            }
+        }
     }
 }
 

@@ -4,5 +4,5 @@
 mod request;
 mod response;
 
-pub use request::{ClientFault, RequestBody};
+pub use request::{ClientFault, ClientWait, RequestBody};
 pub use response::{BodyError, Judged, Pending, ResponseBody};

@@ -1,9 +1,14 @@
 //! The client's request body on its way upstream: streamed, never buffered whole, but cut off
 //! when it grows past `limit.request-body` or stalls for `timeout.client-body`. Such a cut is
 //! the client's fault and is never counted against an upstream.
+//!
+//! A body also keeps a [`ClientWait`]: how long it has waited for the client so far, so that
+//! `timeout.request` (the upstream's time) does not run while the client is still uploading.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -39,18 +44,74 @@ pub struct RequestBody {
     timeout: Duration,
     /// Armed the first time the body has nothing to give; boxed only for bodies that wait.
     idle: Option<Pin<Box<Sleep>>>,
+    /// Time spent waiting for the client, shared with the exchange's `timeout.request`; only
+    /// for bodies that have something to send.
+    wait: Option<Arc<ClientWait>>,
+}
+
+/// How long a request body has waited for the client: the part of an exchange's time that is
+/// not the upstream's.
+#[derive(Debug, Default)]
+pub struct ClientWait {
+    /// When the current wait began (ms on the exchange clock, plus 1), or 0 when not waiting.
+    since: AtomicU64,
+    /// Milliseconds of waits that have ended.
+    waited: AtomicU64,
+}
+
+impl ClientWait {
+    /// The time waited for the client so far, the current wait included.
+    pub fn waited(&self) -> Duration {
+        let since = self.since.load(Relaxed);
+        let current = if since == 0 {
+            0
+        } else {
+            now_ms().saturating_sub(since - 1)
+        };
+        Duration::from_millis(self.waited.load(Relaxed) + current)
+    }
+
+    fn begin(&self) {
+        if self.since.load(Relaxed) == 0 {
+            self.since.store(now_ms() + 1, Relaxed);
+        }
+    }
+
+    fn end(&self) {
+        let since = self.since.swap(0, Relaxed);
+        if since != 0 {
+            self.waited
+                .fetch_add(now_ms().saturating_sub(since - 1), Relaxed);
+        }
+    }
+}
+
+/// Milliseconds on a process-wide monotonic clock.
+fn now_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    ORIGIN
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl RequestBody {
     /// Wraps `inner` with `policy`'s limit and idle timeout.
     pub fn new(inner: Incoming, policy: &ClientPolicy) -> RequestBody {
+        let wait = (!inner.is_end_stream()).then(Arc::default);
         RequestBody {
             inner,
             first: None,
             remaining: policy.max_body,
             timeout: policy.body_timeout,
             idle: None,
+            wait,
         }
+    }
+
+    /// The body's waits for the client, if it has anything to send.
+    pub fn client_wait(&self) -> Option<Arc<ClientWait>> {
+        self.wait.clone()
     }
 
     /// Reads the first frame now, so that broken framing or a stalled client is answered
@@ -91,7 +152,14 @@ impl Body for RequestBody {
         if let Some(frame) = self.first.take() {
             return Poll::Ready(Some(Ok(*frame)));
         }
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(wait) = &self.wait {
+            match polled {
+                Poll::Pending => wait.begin(),
+                Poll::Ready(_) => wait.end(),
+            }
+        }
+        let frame = match polled {
             Poll::Pending => return self.stalled(cx).map(|fault| Some(Err(fault))),
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Ready(Some(Err(_))) => return Poll::Ready(Some(Err(ClientFault::Malformed))),
