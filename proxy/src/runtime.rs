@@ -150,36 +150,8 @@ impl Runtime {
         revision: &str,
         persisted: Option<RolledBack>,
     ) -> Result<(), ConfigError> {
-        let config = match Config::from_map(data) {
-            Ok(config) => config,
-            Err(e) => {
-                self.reject(&e, revision);
-                return Err(e);
-            }
-        };
-        let fresh = RouteTable::new(config, revision);
-        let persisted = persisted.map(Arc::new);
-        let first = self.routes.load_full();
-        let mut current = first.clone();
-        let table = loop {
-            let mut table = carry_over(&fresh, current.as_deref(), &self.tally);
-            let raced = current
-                .as_ref()
-                .and_then(|c| c.rolled_back.clone())
-                .filter(|r| {
-                    let known = first.as_ref().and_then(|f| f.rolled_back.as_ref());
-                    !known.is_some_and(|k| Arc::ptr_eq(k, r))
-                        && current.as_deref().is_some_and(|c| same_canary(c, &table))
-                });
-            table.rolled_back = persisted.clone().or(raced);
-            let table = Arc::new(table);
-            let expected = current.as_ref().map_or(std::ptr::null(), Arc::as_ptr);
-            let previous = self.routes.compare_and_swap(expected, Some(table.clone()));
-            if previous.as_ref().map_or(std::ptr::null(), Arc::as_ptr) == expected {
-                break table;
-            }
-            current = (*previous).clone();
-        };
+        let staged = self.stage(data, revision)?;
+        let table = self.install(staged, persisted);
         let window = table.config.rollback.window;
         if self.history().window() != window {
             *self.history() = History::new(window);
@@ -201,6 +173,52 @@ impl Runtime {
             "config applied"
         );
         Ok(())
+    }
+
+    /// The first half of [`Runtime::apply`]: validates `data` and builds its table, noting
+    /// the table it is to replace. A rollback after this moment is not undone by the reload.
+    fn stage(
+        &self,
+        data: &BTreeMap<String, String>,
+        revision: &str,
+    ) -> Result<Staged, ConfigError> {
+        match Config::from_map(data) {
+            Ok(config) => Ok(Staged {
+                fresh: RouteTable::new(config, revision),
+                seen: self.routes.load_full(),
+            }),
+            Err(e) => {
+                self.reject(&e, revision);
+                Err(e)
+            }
+        }
+    }
+
+    /// The second half of [`Runtime::apply`]: swaps the staged table in, by compare-and-swap,
+    /// carrying a rollback that happened since it was staged if the canary is the same.
+    fn install(&self, staged: Staged, persisted: Option<RolledBack>) -> Arc<RouteTable> {
+        let Staged { fresh, seen } = staged;
+        let persisted = persisted.map(Arc::new);
+        let mut current = seen.clone();
+        loop {
+            let mut table = carry_over(&fresh, current.as_deref(), &self.tally);
+            let raced = current
+                .as_ref()
+                .and_then(|c| c.rolled_back.clone())
+                .filter(|r| {
+                    let known = seen.as_ref().and_then(|f| f.rolled_back.as_ref());
+                    !known.is_some_and(|k| Arc::ptr_eq(k, r))
+                        && current.as_deref().is_some_and(|c| same_canary(c, &table))
+                });
+            table.rolled_back = persisted.clone().or(raced);
+            let table = Arc::new(table);
+            let expected = current.as_ref().map_or(std::ptr::null(), Arc::as_ptr);
+            let previous = self.routes.compare_and_swap(expected, Some(table.clone()));
+            if previous.as_ref().map_or(std::ptr::null(), Arc::as_ptr) == expected {
+                return table;
+            }
+            current = (*previous).clone();
+        }
     }
 
     /// Records a configuration that could not be used; the current one keeps serving.
@@ -271,6 +289,14 @@ impl Runtime {
     }
 }
 
+/// A validated configuration's table, waiting to be swapped in.
+struct Staged {
+    /// The new table, before anything is carried over.
+    fresh: RouteTable,
+    /// The table that was current when it was staged.
+    seen: Option<Arc<RouteTable>>,
+}
+
 /// `fresh` (a new configuration's table) with what should survive a reload of `previous`:
 /// equal upstreams (so their pools stay warm) and, while the canary is the same one and was not
 /// rolled back, its test (so a reload does not erase the evidence). A new canary starts with a
@@ -301,4 +327,109 @@ fn carry_over(fresh: &RouteTable, previous: Option<&RouteTable>, tally: &Tally) 
 fn same_canary(a: &RouteTable, b: &RouteTable) -> bool {
     let canary = a.config.canary();
     b.config.canary() == canary && a.config.upstream(canary) == b.config.upstream(canary)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+
+    fn data(weight: u32) -> BTreeMap<String, String> {
+        [
+            ("blue.upstream", "127.0.0.1:1".to_owned()),
+            ("green.upstream", "127.0.0.1:2".to_owned()),
+            ("canary-weight", weight.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    #[test]
+    fn a_rollback_between_staging_and_swapping_a_reload_survives_it() {
+        let runtime = Runtime::new(Metrics::new().unwrap(), "test".into());
+        runtime.apply(&data(50), "0", None).unwrap();
+        let staged = runtime.stage(&data(60), "1").unwrap();
+        let table = runtime.routes().clone().unwrap();
+        runtime.roll_back(&table, "test".into());
+        let installed = runtime.install(staged, None);
+        assert!(
+            installed.rolled_back.is_some(),
+            "the reload undid the rollback"
+        );
+        assert_eq!(installed.config.weight, 60, "the rollback undid the reload");
+        // A reload staged after the rollback is the one that may clear it (a file source
+        // resumes that way).
+        runtime.apply(&data(70), "2", None).unwrap();
+        assert!(runtime.routes().clone().unwrap().rolled_back.is_none());
+    }
+
+    #[test]
+    fn a_rollback_decided_on_a_replaced_table_applies_to_its_successor() {
+        let runtime = Runtime::new(Metrics::new().unwrap(), "test".into());
+        runtime.apply(&data(50), "0", None).unwrap();
+        let judged = runtime.routes().clone().unwrap();
+        runtime.apply(&data(60), "1", None).unwrap();
+        runtime.roll_back(&judged, "test".into());
+        let now = runtime.routes().clone().unwrap();
+        assert!(now.rolled_back.is_some());
+        assert_eq!((now.config.weight, &*now.revision), (60, "1"));
+        assert_eq!(runtime.metrics.color(Color::Green).rollbacks.get(), 1);
+        // A new canary is not rolled back for the old one's evidence.
+        let mut other = data(60);
+        other.insert("green.upstream".into(), "127.0.0.1:3".into());
+        runtime.apply(&other, "2", None).unwrap();
+        let before = runtime.routes().clone().unwrap();
+        runtime.roll_back(&judged, "test".into());
+        assert!(runtime.routes().clone().unwrap().rolled_back.is_none());
+        assert!(Arc::ptr_eq(&before, &runtime.routes().clone().unwrap()));
+    }
+
+    #[test]
+    fn rollbacks_racing_reloads_never_lose_each_other() {
+        let runtime = Runtime::new(Metrics::new().unwrap(), "test".into());
+        runtime.apply(&data(50), "0", None).unwrap();
+        // Reloads staged so far: only a reload staged after a rollback may clear it.
+        let staged = AtomicU64::new(0);
+        let done = AtomicBool::new(false);
+        let rollbacks = std::thread::scope(|s| {
+            let roller = s.spawn(|| {
+                let mut rollbacks = 0;
+                while !done.load(Relaxed) {
+                    let Some(table) = runtime.routes().clone() else {
+                        continue;
+                    };
+                    if table.rolled_back.is_some() {
+                        continue;
+                    }
+                    let before = staged.load(Relaxed);
+                    let counted = runtime.metrics.color(Color::Green).rollbacks.get();
+                    runtime.roll_back(&table, "test".into());
+                    if runtime.metrics.color(Color::Green).rollbacks.get() == counted {
+                        continue;
+                    }
+                    rollbacks += 1;
+                    let now = runtime.routes().clone().unwrap();
+                    assert!(
+                        now.rolled_back.is_some() || staged.load(Relaxed) > before,
+                        "a reload staged before the rollback undid it (revision {})",
+                        now.revision
+                    );
+                }
+                rollbacks
+            });
+            for i in 1..=20_000u32 {
+                let weight = 40 + i % 20;
+                let next = runtime.stage(&data(weight), &i.to_string()).unwrap();
+                staged.fetch_add(1, Relaxed);
+                let installed = runtime.install(next, None);
+                assert_eq!(installed.config.weight, weight, "a rollback undid a reload");
+            }
+            done.store(true, Relaxed);
+            roller.join().unwrap()
+        });
+        eprintln!("{rollbacks} rollbacks raced 20,000 reloads");
+        assert!(rollbacks > 50, "the race was not exercised: {rollbacks}");
+    }
 }

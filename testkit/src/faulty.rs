@@ -214,6 +214,12 @@ pub enum Script {
     ResetAfter(Vec<u8>),
     /// Never answers; holds the connection open.
     Stall,
+    /// Writes these bytes (a head and part of a body, say), then falls silent with the
+    /// connection open.
+    StallAfter(Vec<u8>),
+    /// Writes each piece with this pause before each one after the first (a long stream),
+    /// then waits for the next request.
+    Trickle(Vec<Vec<u8>>, Duration),
     /// Answers a correct keep-alive `200 ok`, and closes the connection once it has been
     /// idle this long, as servers with a short keep-alive timeout do.
     CloseWhenIdle(Duration),
@@ -330,9 +336,23 @@ async fn follow(mut stream: TcpStream, state: Arc<Scripted>) {
                 return;
             }
             Script::Stall => {
-                let mut sink = [0; 4096];
-                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                drain(&mut stream).await;
                 return;
+            }
+            Script::StallAfter(bytes) => {
+                let _ = stream.write_all(&bytes).await;
+                drain(&mut stream).await;
+                return;
+            }
+            Script::Trickle(pieces, pause) => {
+                for (i, piece) in pieces.iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(pause).await;
+                    }
+                    if stream.write_all(piece).await.is_err() {
+                        return;
+                    }
+                }
             }
             Script::CloseWhenIdle(_) => {
                 if stream.write_all(OK_KEEP_ALIVE).await.is_err() {
@@ -341,6 +361,12 @@ async fn follow(mut stream: TcpStream, state: Arc<Scripted>) {
             }
         }
     }
+}
+
+/// Reads and drops whatever comes until the peer closes.
+async fn drain(stream: &mut TcpStream) {
+    let mut sink = [0; 4096];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
 /// Reads up to the end of one request head; `false` at end of stream. Whatever follows the

@@ -29,6 +29,8 @@ struct State {
     color: &'static str,
     served: AtomicU64,
     status: AtomicU16,
+    /// Fraction of answers that are 500 instead, in millionths.
+    error_ppm: AtomicU64,
     delay_ms: AtomicU64,
     last_request: Mutex<Option<(String, HeaderMap, Bytes)>>,
 }
@@ -52,6 +54,7 @@ impl TestUpstream {
             color,
             served: AtomicU64::new(0),
             status: AtomicU16::new(200),
+            error_ppm: AtomicU64::new(0),
             delay_ms: AtomicU64::new(0),
             last_request: Mutex::new(None),
         });
@@ -83,6 +86,14 @@ impl TestUpstream {
     /// Makes every later answer carry `status`.
     pub fn set_status(&self, status: u16) {
         self.state.status.store(status, SeqCst);
+    }
+
+    /// Makes a fraction `rate` (0 to 1) of later answers 500, spread like independent draws
+    /// (a fixed pseudo-random sequence, so a run can be repeated).
+    pub fn set_error_rate(&self, rate: f64) {
+        self.state
+            .error_ppm
+            .store((rate * 1e6).round() as u64, SeqCst);
     }
 
     /// Delays every later answer by `delay`.
@@ -127,9 +138,14 @@ async fn answer(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    state.served.fetch_add(1, SeqCst);
+    let n = state.served.fetch_add(1, SeqCst);
+    let status = if splitmix(n) % 1_000_000 < state.error_ppm.load(SeqCst) {
+        500
+    } else {
+        state.status.load(SeqCst)
+    };
     let response = Response::builder()
-        .status(state.status.load(SeqCst))
+        .status(status)
         .header("x-color", state.color)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(format!(
@@ -138,4 +154,12 @@ async fn answer(
         ))))
         .expect("response");
     Ok(response)
+}
+
+/// A well-mixed 64-bit hash of `n`: the draws behind the error rate.
+fn splitmix(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
