@@ -9,6 +9,7 @@
 //! - [`demo`]: the article's story played on loopback, with its checks, timeline and HTML report.
 //! - [`compare`]: the same load direct, through canary-proxy, NGINX and HAProxy.
 //! - [`soak`]: minutes of load mixed with hostile clients and reloads, watched for leaks.
+//! - [`simulate`]: the rollback verdict's false rollbacks and detection delay, simulated.
 //! - [`admin`]: the small HTTP client for admin endpoints.
 //! - [`units`]: parsing of durations such as `10s` on the command line.
 
@@ -17,6 +18,7 @@ pub mod compare;
 pub mod demo;
 pub mod load;
 pub mod proxy;
+pub mod simulate;
 pub mod soak;
 pub mod units;
 pub mod upstream;
