@@ -151,7 +151,8 @@ pub struct Rollback {
     pub reason: Option<String>,
     /// When, in RFC 3339.
     pub at: Option<String>,
-    /// `healthy`, `insufficient`, `shared_fault`, `rolled_back`, `disabled` or `no_canary`.
+    /// `healthy`, `comparing`, `shared_fault`, `rolling_back`, `rolled_back`, `disabled` or
+    /// `no_canary`.
     pub verdict: String,
 }
 

@@ -201,7 +201,8 @@ pub fn simulate(options: &SimulateOptions) -> Report {
 
 /// Median and 99th percentile of sorted values.
 fn quantiles<T: Copy>(sorted: &[T]) -> Option<(T, T)> {
-    let at = |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
+    let at =
+        |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
     (!sorted.is_empty()).then(|| (at(0.5), at(0.99)))
 }
 
@@ -408,7 +409,10 @@ mod tests {
             .filter(|f| f.rule == RuleName::Windowed && f.case == "canary at 0.8 x threshold")
             .map(|f| f.rolled_back)
             .sum();
-        assert!(windowed_false > 0, "the old rule misfired in the issue's runs");
+        assert!(
+            windowed_false > 0,
+            "the old rule misfired in the issue's runs"
+        );
         for d in &report.detection {
             if d.rule != RuleName::Sequential {
                 continue;

@@ -125,7 +125,11 @@ impl Rule for Windowed {
         let span = self.window * self.rate;
         // The window holds the canary's requests after position i - span, stable's after
         // i - span - 0.5.
-        while self.canary.front().is_some_and(|&k| (k as f64) <= i as f64 - span) {
+        while self
+            .canary
+            .front()
+            .is_some_and(|&k| (k as f64) <= i as f64 - span)
+        {
             self.canary.pop_front();
         }
         while self

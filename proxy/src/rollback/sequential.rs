@@ -220,6 +220,9 @@ pub struct Test {
     pub run: Counts,
     /// Stable's requests over the same stretch.
     pub run_stable: Counts,
+    /// The relative statistics' steps (per canary failure, per stable failure) for each ratio,
+    /// at the canary share they were computed for: logarithms, so computed once per share.
+    steps: (f64, [(f64, f64); 2]),
 }
 
 impl Test {
@@ -239,10 +242,11 @@ impl Test {
         self.stable += stable;
         let w = canary_share;
         if w > 0.0 && w < 1.0 && canary.failures + stable.failures > 0 {
-            for (statistic, r) in self.relative.iter_mut().zip(RATIOS) {
-                let q = r * w / (r * w + 1.0 - w);
-                let step = canary.failures as f64 * (q / w).ln()
-                    + stable.failures as f64 * ((1.0 - q) / (1.0 - w)).ln();
+            if self.steps.0 != w {
+                self.steps = (w, RATIOS.map(|r| relative_steps(r, w)));
+            }
+            for (statistic, (c, s)) in self.relative.iter_mut().zip(self.steps.1) {
+                let step = canary.failures as f64 * c + stable.failures as f64 * s;
                 *statistic = (*statistic + step).max(0.0);
             }
         }
@@ -252,6 +256,14 @@ impl Test {
     pub fn relative(&self) -> f64 {
         self.relative[0].max(self.relative[1])
     }
+}
+
+/// The relative test's log-likelihood ratio for a canary failure and for a stable failure,
+/// for a canary failing `r` times as often as stable at canary share `w`: a failure is the
+/// canary's with probability `w` under the null and `q = r·w / (r·w + 1 − w)` if it is worse.
+fn relative_steps(r: f64, w: f64) -> (f64, f64) {
+    let q = r * w / (r * w + 1.0 - w);
+    ((q / w).ln(), ((1.0 - q) / (1.0 - w)).ln())
 }
 
 /// Failures and successes in a row, up to each color's latest weighted request.
