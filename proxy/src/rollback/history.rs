@@ -130,6 +130,20 @@ mod tests {
     }
 
     #[test]
+    fn a_year_at_a_million_requests_a_second_neither_wraps_nor_saturates() {
+        // 400 days of milliseconds and 3.5 × 10^13 requests: far inside u64.
+        let year_ms = 400 * 86_400_000u64;
+        let year_requests = 400 * 86_400 * 1_000_000u64;
+        let mut h = History::new(Duration::from_secs(30));
+        h.record(
+            year_ms - 30_000,
+            totals(year_requests - 30_000_000, 1_000_000),
+        );
+        let [blue, _] = h.summary(year_ms, &totals(year_requests, 2_500_000));
+        assert_eq!(blue.weighted, Counts::new(28_500_000, 1_500_000));
+    }
+
+    #[test]
     fn readings_are_bounded() {
         let mut h = History::new(Duration::from_secs(1));
         for ms in 0..100_000u64 {

@@ -496,6 +496,51 @@ mod tests {
         );
     }
 
+    /// Requests of both colors at weight 50 until a rollback, one look per canary failure;
+    /// the canary requests it took.
+    fn until_rolled_back(canary: f64, stable: f64, seed: u64, limit: u64) -> Option<u64> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+        let p = plan();
+        let mut t = Test::default();
+        let (mut before, mut stable_batch) = (Counts::default(), Counts::default());
+        for i in 1..=limit {
+            stable_batch += Counts::new(1, 0);
+            if rng.random_bool(stable) {
+                stable_batch = Counts::new(stable_batch.successes() - 1, stable_batch.failures + 1);
+            }
+            if !rng.random_bool(canary) {
+                before += Counts::new(1, 0);
+                continue;
+            }
+            t.observe(&p, before, stable_batch, 0.5);
+            t.observe(&p, Counts::new(0, 1), Counts::default(), 0.5);
+            (before, stable_batch) = (Counts::default(), Counts::default());
+            if matches!(
+                decide(&p, &t, Streaks::default(), 0.5),
+                Verdict::RollBack(_)
+            ) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_canary_clearly_worse_than_a_failing_stable_is_rolled_back() {
+        for seed in 0..5 {
+            // 30 % against 20 %: 1.5 times as often, beyond the ratio-2 test's break-even.
+            let at = until_rolled_back(0.30, 0.20, seed, 100_000);
+            assert!(at.is_some(), "seed {seed}");
+            // 20 % against 20 %: shared.
+            assert_eq!(
+                until_rolled_back(0.20, 0.20, seed, 100_000),
+                None,
+                "seed {seed}"
+            );
+        }
+    }
+
     #[test]
     fn a_healthy_stretch_does_not_dilute_a_later_failure() {
         let p = plan();
