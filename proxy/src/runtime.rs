@@ -186,6 +186,7 @@ impl Runtime {
                 color: canary,
                 reason: reason.clone(),
                 at: at.clone(),
+                revision: table.revision.clone(),
             })),
             ..RouteTable::clone(table)
         };

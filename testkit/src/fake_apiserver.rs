@@ -110,6 +110,8 @@ pub struct RecordedEvent {
     pub involved_name: String,
     /// `involvedObject.uid`, empty if not set.
     pub involved_uid: String,
+    /// `count`: how many times it happened (raised when a duplicate is merged into it).
+    pub count: i64,
 }
 
 /// An injected failure: the next `remaining` requests of `verb` get `code`.
@@ -314,6 +316,26 @@ impl FakeApiServer {
         )
     }
 
+    /// Removes these annotations (a merge patch setting them to null, as `kubectl annotate
+    /// KEY-` does); returns the new resourceVersion.
+    ///
+    /// # Panics
+    /// If the ConfigMap does not exist.
+    pub fn remove_annotations(&self, namespace: &str, name: &str, keys: &[&str]) -> String {
+        let nulls: serde_json::Map<String, Value> = keys
+            .iter()
+            .map(|k| ((*k).to_owned(), Value::Null))
+            .collect();
+        let patch = json!({ "metadata": { "annotations": nulls } });
+        let patched = self
+            .shared
+            .store()
+            .merge_patch(&configmap_key(namespace, name), &patch);
+        resource_version(
+            &patched.unwrap_or_else(|e| panic!("annotate {namespace}/{name}: {}", e.message)),
+        )
+    }
+
     /// Replaces the whole `data` map; returns the new resourceVersion.
     ///
     /// # Panics
@@ -362,6 +384,7 @@ impl FakeApiServer {
                 involved_kind: text(e, "/involvedObject/kind"),
                 involved_name: text(e, "/involvedObject/name"),
                 involved_uid: text(e, "/involvedObject/uid"),
+                count: e.pointer("/count").and_then(Value::as_i64).unwrap_or(0),
             })
             .collect()
     }
