@@ -90,12 +90,11 @@ pub async fn write_back(
 ) -> Result<WriteBackOutcome, Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &cm.namespace);
     let body = patch_body(rollback);
-    let patched = match patch_within_deadline(&api, cm, body, deadline).await? {
-        Patched::Done(written) => written,
+    let resource_version = match patch_within_deadline(&api, cm, body, deadline).await? {
+        Patched::Done(resource_version) => resource_version,
         Patched::Conflict => return explain_conflict(&api, cm, rollback, deadline).await,
         Patched::NotFound => return Ok(WriteBackOutcome::Deleted),
     };
-    let resource_version = patched.metadata.resource_version.unwrap_or_default();
     tracing::info!(configmap = %cm, %resource_version, canary = %rollback.canary_color, "rollback written to the ConfigMap");
     Ok(WriteBackOutcome::Written { resource_version })
 }
@@ -131,8 +130,8 @@ pub async fn clear_stale_rollback(
 
 /// How a patch under a precondition ended.
 enum Patched {
-    /// Applied; the object as stored.
-    Done(ConfigMap),
+    /// Applied; the resourceVersion it produced.
+    Done(String),
     /// 409: the object changed since the precondition's version.
     Conflict,
     /// 404: the object is gone.
@@ -153,7 +152,10 @@ async fn patch_within_deadline(
                 .patch(&cm.name, &patch_params(), &Patch::Merge(&body))
                 .await
             {
-                Ok(written) => return Ok(Patched::Done(written)),
+                Ok(written) => {
+                    let rv = written.metadata.resource_version.unwrap_or_default();
+                    return Ok(Patched::Done(rv));
+                }
                 Err(kube::Error::Api(status)) if status.is_conflict() => {
                     return Ok(Patched::Conflict);
                 }
@@ -169,14 +171,13 @@ async fn patch_within_deadline(
             }
         }
     };
-    tokio::time::timeout(deadline, attempts)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::DeadlineExceeded {
-                cm: cm.clone(),
-                deadline,
-            })
-        })
+    match tokio::time::timeout(deadline, attempts).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::DeadlineExceeded {
+            cm: cm.clone(),
+            deadline,
+        }),
+    }
 }
 
 /// After a 409: re-reads the ConfigMap to say why the write is not needed any more. Never
