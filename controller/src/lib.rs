@@ -31,7 +31,8 @@ pub use kube::Client;
 pub use persisted::{Canary, PersistedRollback, RollbackState};
 pub use watch::{SourceEvent, watch};
 pub use write_back::{
-    RollbackRecord, WRITE_BACK_DEADLINE, WriteBackOutcome, clear_stale_rollback, write_back,
+    Current, RollbackRecord, WRITE_BACK_DEADLINE, WriteBackOutcome, clear_stale_rollback,
+    write_back,
 };
 
 /// Prefix of the annotations this project writes on the ConfigMap.

@@ -10,6 +10,7 @@
 //! whole write has a deadline ([`WRITE_BACK_DEADLINE`]), after which the caller retries on its
 //! own terms (when the API server is back) instead of kube's or ours.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -18,9 +19,9 @@ use kube::{Api, Client};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    Canary, ConfigMapRef, Error, ROLLBACK_ANNOTATIONS, ROLLBACK_REASON_ANNOTATION,
-    ROLLED_BACK_AT_ANNOTATION, ROLLED_BACK_CANARY_ANNOTATION, ROLLED_BACK_REVISION_ANNOTATION,
-    ROLLED_BACK_UPSTREAM_ANNOTATION, RollbackState,
+    ANNOTATION_PREFIX, Canary, ConfigMapRef, Error, ROLLBACK_ANNOTATIONS,
+    ROLLBACK_REASON_ANNOTATION, ROLLED_BACK_AT_ANNOTATION, ROLLED_BACK_CANARY_ANNOTATION,
+    ROLLED_BACK_REVISION_ANNOTATION, ROLLED_BACK_UPSTREAM_ANNOTATION, RollbackState,
 };
 
 /// The deadline the proxy gives one write-back (or one clean-up), retries included: past it
@@ -70,10 +71,24 @@ pub enum WriteBackOutcome {
     /// rollback concerned the old one, so nothing is written.
     CanaryChanged,
     /// The ConfigMap changed since `seen_resource_version` and records no rollback of this
-    /// canary (an edit, or a resume): nothing is written; decide again on the new revision.
-    Superseded,
+    /// canary (an edit, or a resume): nothing is written. The caller decides again: at once on
+    /// this content if only other metadata moved (its configuration is the one it judged),
+    /// otherwise once its watch has applied the new revision. `None` if it could not be read.
+    Superseded(Option<Current>),
     /// The ConfigMap no longer exists; there is nothing to write to.
     Deleted,
+}
+
+/// A ConfigMap's content, re-read after a conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    /// Its resourceVersion, the precondition of a write on top of it.
+    pub resource_version: String,
+    /// `data`.
+    pub data: BTreeMap<String, String>,
+    /// The `canary-proxy/` annotations (the others, like kubectl's last-applied record, are
+    /// not configuration).
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Writes a rollback to the ConfigMap, with `seen_resource_version` as precondition.
@@ -100,15 +115,15 @@ pub async fn write_back(
 }
 
 /// Removes rollback annotations that no longer apply ([`RollbackState::Stale`]) from the
-/// ConfigMap at `seen_resource_version`; `Ok(false)` if it changed meanwhile (someone else
-/// cleared them, or a newer revision is to be judged again) or is gone. Same deadline as
+/// ConfigMap at `seen_resource_version`: `Written`, `Superseded` if it changed meanwhile (with
+/// the current content, as for [`write_back`]), or `Deleted`. Same deadline as
 /// [`write_back`].
 pub async fn clear_stale_rollback(
     client: &Client,
     cm: &ConfigMapRef,
     seen_resource_version: &str,
     deadline: Duration,
-) -> Result<bool, Error> {
+) -> Result<WriteBackOutcome, Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &cm.namespace);
     let annotations: Map<String, Value> = ROLLBACK_ANNOTATIONS
         .iter()
@@ -119,11 +134,14 @@ pub async fn clear_stale_rollback(
     });
     Ok(
         match patch_within_deadline(&api, cm, body, deadline).await? {
-            Patched::Done(_) => {
+            Patched::Done(resource_version) => {
                 tracing::info!(configmap = %cm, "stale rollback annotations cleared");
-                true
+                WriteBackOutcome::Written { resource_version }
             }
-            Patched::Conflict | Patched::NotFound => false,
+            Patched::Conflict => {
+                WriteBackOutcome::Superseded(read_current(&api, cm, deadline).await)
+            }
+            Patched::NotFound => WriteBackOutcome::Deleted,
         },
     )
 }
@@ -181,45 +199,66 @@ async fn patch_within_deadline(
 }
 
 /// After a 409: re-reads the ConfigMap to say why the write is not needed any more. Never
-/// retries the write: that is for the caller, on the revision its watch delivers.
+/// retries the write: that is for the caller, who knows which configuration it judged.
 async fn explain_conflict(
     api: &Api<ConfigMap>,
     cm: &ConfigMapRef,
     rollback: &RollbackRecord,
     deadline: Duration,
 ) -> Result<WriteBackOutcome, Error> {
-    let read = tokio::time::timeout(deadline, api.get_opt(&cm.name))
-        .await
-        .unwrap_or_else(|_| Ok(None));
-    let outcome = match read {
-        // Unreadable right after a conflict: the watch will bring the news.
-        Err(error) => {
-            tracing::debug!(configmap = %cm, %error, "re-reading after a conflict failed");
-            WriteBackOutcome::Superseded
-        }
+    let outcome = match api_get(api, cm, deadline).await {
         Ok(None) => WriteBackOutcome::Deleted,
-        Ok(Some(current)) => judge(
-            &current.data.unwrap_or_default(),
-            &current.metadata.annotations.unwrap_or_default(),
-            rollback,
-        ),
+        Ok(Some(current)) => judge(current, rollback),
+        Err(()) => WriteBackOutcome::Superseded(None),
     };
     tracing::info!(configmap = %cm, ?outcome, "ConfigMap changed since the rollback was decided; not written");
     Ok(outcome)
 }
 
+/// The ConfigMap's current content, `None` if it is gone or cannot be read in time.
+async fn read_current(
+    api: &Api<ConfigMap>,
+    cm: &ConfigMapRef,
+    deadline: Duration,
+) -> Option<Current> {
+    api_get(api, cm, deadline).await.ok().flatten()
+}
+
+/// One read within `deadline`; `Err` when it fails (logged: the watch will bring the news).
+async fn api_get(
+    api: &Api<ConfigMap>,
+    cm: &ConfigMapRef,
+    deadline: Duration,
+) -> Result<Option<Current>, ()> {
+    let read = match tokio::time::timeout(deadline, api.get_opt(&cm.name)).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(error)) => {
+            tracing::debug!(configmap = %cm, %error, "re-reading after a conflict failed");
+            return Err(());
+        }
+        Err(_) => return Err(()),
+    };
+    Ok(read.map(|current| Current {
+        resource_version: current.metadata.resource_version.unwrap_or_default(),
+        data: current.data.unwrap_or_default(),
+        annotations: current
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(key, _)| key.starts_with(ANNOTATION_PREFIX))
+            .collect(),
+    }))
+}
+
 /// What the current ConfigMap means for the rollback that could not be written.
-fn judge(
-    data: &std::collections::BTreeMap<String, String>,
-    annotations: &std::collections::BTreeMap<String, String>,
-    rollback: &RollbackRecord,
-) -> WriteBackOutcome {
-    let same_canary = Canary::configured(data)
+fn judge(current: Current, rollback: &RollbackRecord) -> WriteBackOutcome {
+    let same_canary = Canary::configured(&current.data)
         .is_some_and(|c| c.is(&rollback.canary_color, &rollback.canary_upstream));
-    match RollbackState::read(data, annotations) {
+    match RollbackState::read(&current.data, &current.annotations) {
         _ if !same_canary => WriteBackOutcome::CanaryChanged,
         RollbackState::Applies(_) => WriteBackOutcome::AlreadyRolledBack,
-        RollbackState::None | RollbackState::Stale => WriteBackOutcome::Superseded,
+        RollbackState::None | RollbackState::Stale => WriteBackOutcome::Superseded(Some(current)),
     }
 }
 
@@ -265,8 +304,6 @@ fn api_error(action: &'static str, cm: &ConfigMapRef, source: kube::Error) -> Er
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn record() -> RollbackRecord {
@@ -294,11 +331,18 @@ mod tests {
             ("green.upstream", "http://green.prod:8080/"),
             ("canary-weight", "20"),
         ];
+        let current =
+            |d: BTreeMap<String, String>, annotations: &BTreeMap<String, String>| Current {
+                resource_version: "8".into(),
+                data: d,
+                annotations: annotations.clone(),
+            };
         let none = BTreeMap::new();
+        let edited = current(data(&base), &none);
         assert_eq!(
-            judge(&data(&base), &none, &record()),
-            WriteBackOutcome::Superseded,
-            "same canary, no record: an edit or a resume, decided again on the new revision"
+            judge(edited.clone(), &record()),
+            WriteBackOutcome::Superseded(Some(edited)),
+            "same canary, no record: an edit or a resume, for the caller to judge"
         );
         let recorded = data(&[
             (ROLLED_BACK_AT_ANNOTATION, "2026-01-01T00:00:01Z"),
@@ -306,20 +350,20 @@ mod tests {
             (ROLLED_BACK_UPSTREAM_ANNOTATION, "green.prod:8080"),
         ]);
         assert_eq!(
-            judge(&data(&base), &recorded, &record()),
+            judge(current(data(&base), &recorded), &record()),
             WriteBackOutcome::AlreadyRolledBack
         );
         let mut d = data(&base);
         d.insert("green.upstream".into(), "green-v2.prod:8080".into());
         assert_eq!(
-            judge(&d, &none, &record()),
+            judge(current(d, &none), &record()),
             WriteBackOutcome::CanaryChanged,
             "new upstream, new canary"
         );
         let mut d = data(&base);
         d.insert("stable".into(), "green".into());
         assert_eq!(
-            judge(&d, &recorded, &record()),
+            judge(current(d, &recorded), &record()),
             WriteBackOutcome::CanaryChanged,
             "blue is the canary now"
         );

@@ -96,7 +96,13 @@ async fn a_conflict_is_explained_not_pushed_through() {
     )
     .await
     .unwrap();
-    assert_eq!(outcome, WriteBackOutcome::Superseded);
+    let WriteBackOutcome::Superseded(Some(current)) = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(
+        current.data["rollback.window"], "60s",
+        "the content to judge again"
+    );
     let stored = api.configmap(NS, NAME).unwrap();
     assert_eq!(
         stored.data["canary-weight"], "20",
@@ -123,7 +129,10 @@ async fn a_late_write_cannot_undo_a_resume() {
     let late = write_back(&kube, &cm(), &record(&seen), WRITE_BACK_DEADLINE)
         .await
         .unwrap();
-    assert_eq!(late, WriteBackOutcome::Superseded);
+    assert!(
+        matches!(late, WriteBackOutcome::Superseded(Some(ref c)) if c.resource_version == resumed.resource_version),
+        "{late:?}"
+    );
     assert_eq!(
         api.configmap(NS, NAME).unwrap(),
         resumed,
@@ -141,18 +150,18 @@ async fn stale_annotations_are_cleared_only_at_the_version_seen() {
         .unwrap();
     let recorded = api.patch_data(NS, NAME, &[("green.upstream", "green-v2.prod:8080")]);
     api.patch_data(NS, NAME, &[("canary-weight", "1")]);
+    let changed = clear_stale_rollback(&kube, &cm(), &recorded, WRITE_BACK_DEADLINE)
+        .await
+        .unwrap();
     assert!(
-        !clear_stale_rollback(&kube, &cm(), &recorded, WRITE_BACK_DEADLINE)
-            .await
-            .unwrap(),
-        "changed since: not ours to clear"
+        matches!(changed, WriteBackOutcome::Superseded(Some(_))),
+        "changed since: not cleared at once: {changed:?}"
     );
     let current = api.configmap(NS, NAME).unwrap().resource_version;
-    assert!(
-        clear_stale_rollback(&kube, &cm(), &current, WRITE_BACK_DEADLINE)
-            .await
-            .unwrap()
-    );
+    let cleared = clear_stale_rollback(&kube, &cm(), &current, WRITE_BACK_DEADLINE)
+        .await
+        .unwrap();
+    assert!(matches!(cleared, WriteBackOutcome::Written { .. }));
     let stored = api.configmap(NS, NAME).unwrap();
     assert!(stored.annotations.is_empty(), "{:?}", stored.annotations);
     assert_eq!(stored.data["canary-weight"], "1");

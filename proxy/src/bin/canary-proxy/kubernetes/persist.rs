@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use canary_controller::{
-    Canary, Client, ConfigMapRef, EventKind, RollbackRecord, RollbackState, WRITE_BACK_DEADLINE,
-    WriteBackOutcome,
+    Canary, Client, ConfigMapRef, Current, EventKind, RollbackRecord, RollbackState,
+    WRITE_BACK_DEADLINE, WriteBackOutcome,
 };
 use canary_proxy::config::Color;
 use canary_proxy::route::{RolledBack, RouteTable};
@@ -132,6 +132,10 @@ pub fn work_for(
 enum Done {
     /// Finished without error at this resourceVersion: nothing more until the content changes.
     Settled,
+    /// Not written: the ConfigMap changed (or could not be re-read). Tried again at once if
+    /// this is still the configuration judged, only other metadata having moved (a
+    /// `kubectl apply` that changed nothing but its own annotation).
+    Superseded(Option<Current>),
     /// Failed (API server away, deadline passed): try again later.
     Failed,
 }
@@ -202,7 +206,18 @@ impl Persister {
                 let (rv, done) = task.await.unwrap_or_else(|_| (String::new(), Done::Failed));
                 self.in_flight = None;
                 match done {
-                    Done::Settled => {
+                    Done::Superseded(Some(current))
+                        if self.seen.as_ref().is_some_and(|seen| {
+                            seen.resource_version == rv
+                                && seen.data == current.data
+                                && seen.annotations == current.annotations
+                        }) =>
+                    {
+                        if let Some(seen) = &mut self.seen {
+                            seen.resource_version = current.resource_version;
+                        }
+                    }
+                    Done::Settled | Done::Superseded(_) => {
                         self.settled = Some(rv);
                         self.retry_delay = FIRST_RETRY_DELAY;
                     }
@@ -233,6 +248,7 @@ async fn run(client: &Client, cm: &ConfigMapRef, work: Work) -> Done {
     match work {
         Work::Record(record) => {
             match canary_controller::write_back(client, cm, &record, WRITE_BACK_DEADLINE).await {
+                Ok(WriteBackOutcome::Superseded(current)) => Done::Superseded(current),
                 Ok(outcome) => {
                     info!(configmap = %cm, ?outcome, "rollback write-back finished");
                     if matches!(outcome, WriteBackOutcome::Written { .. }) {
@@ -259,6 +275,7 @@ async fn run(client: &Client, cm: &ConfigMapRef, work: Work) -> Done {
             match canary_controller::clear_stale_rollback(client, cm, &rv, WRITE_BACK_DEADLINE)
                 .await
             {
+                Ok(WriteBackOutcome::Superseded(current)) => Done::Superseded(current),
                 Ok(_) => Done::Settled,
                 Err(error) => {
                     warn!(configmap = %cm, %error, "stale rollback annotations not cleared yet");
