@@ -673,3 +673,107 @@ async fn a_refused_watch_is_shown_on_status_and_does_not_hammer_the_api_server()
     );
     assert_eq!(proxy.admin_get("/readyz").await.unwrap().0, 200);
 }
+
+/// One of the article's Ingresses: every host, path `/`, to `service`.
+fn article_ingress(name: &str, service: &str, annotations: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": { "name": name, "annotations": annotations },
+        "spec": {
+            "ingressClassName": "nginx",
+            "tls": [{ "hosts": ["app.example.com"], "secretName": "app-tls" }],
+            "rules": [{ "http": { "paths": [{
+                "path": "/",
+                "pathType": "Prefix",
+                "backend": { "service": { "name": service, "port": { "number": 80 } } },
+            }] } }],
+        },
+    })
+}
+
+#[tokio::test]
+async fn the_documented_ingress_switch_keeps_the_stable_ingress_and_retires_the_canary() {
+    let api = FakeApiServer::start().await;
+    let stable = api.create_object(
+        "ingresses",
+        NS,
+        article_ingress(
+            "bluegreen-ingress-stable",
+            "bluegreen-service-blue",
+            serde_json::json!({ "nginx.ingress.kubernetes.io/proxy-body-size": "8m" }),
+        ),
+    );
+    api.create_object(
+        "ingresses",
+        NS,
+        article_ingress(
+            "bluegreen-ingress-canary",
+            "bluegreen-service-green",
+            serde_json::json!({
+                "nginx.ingress.kubernetes.io/canary": "true",
+                "nginx.ingress.kubernetes.io/canary-weight": "5",
+            }),
+        ),
+    );
+    // The old way, a second Ingress for the same host and path, is refused as ingress-nginx's
+    // webhook refuses it.
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../k8s/ingress.yaml");
+    let second = api
+        .kubectl()
+        .args(["apply", "--validate=false", "-f", file])
+        .output()
+        .await
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("is already defined in ingress"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    let rules = documented(
+        &api,
+        "kubectl get ingress bluegreen-ingress-stable -o jsonpath",
+    )
+    .await;
+    assert_eq!(rules, " / -> bluegreen-service-blue\n");
+    let out = documented(&api, "kubectl patch ingress bluegreen-ingress-stable").await;
+    assert!(out.contains("patched"), "{out}");
+    let out = documented(&api, "kubectl delete ingress bluegreen-ingress-canary").await;
+    assert!(out.contains("deleted"), "{out}");
+
+    let switched = api
+        .object("ingresses", NS, "bluegreen-ingress-stable")
+        .unwrap();
+    let backend = &switched["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"];
+    assert_eq!(
+        backend,
+        &serde_json::json!({ "name": "canary-proxy", "port": { "name": "http" } })
+    );
+    for kept in [
+        "/metadata/annotations",
+        "/spec/tls",
+        "/spec/ingressClassName",
+    ] {
+        assert_eq!(
+            switched.pointer(kept),
+            stable.pointer(kept),
+            "{kept} changed"
+        );
+    }
+    assert!(
+        api.object("ingresses", NS, "bluegreen-ingress-canary")
+            .is_none()
+    );
+    // The patch checks what it replaces: run again, it refuses rather than guess.
+    let again = api
+        .kubectl()
+        .args(shell_words(
+            r#"patch ingress bluegreen-ingress-stable --type json -p '[{"op":"test","path":"/spec/rules/0/http/paths/0/backend/service/name","value":"bluegreen-service-blue"}]'"#,
+        ))
+        .output()
+        .await
+        .unwrap();
+    assert!(!again.status.success());
+}

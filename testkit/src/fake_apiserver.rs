@@ -1,8 +1,9 @@
 //! A fake Kubernetes API server for tests: the real wire protocol over plain HTTP on loopback.
 //!
-//! It serves core/v1 `configmaps` and `events`: list (with the collection's resourceVersion),
+//! It serves core/v1 `configmaps` and `events`, and networking.k8s.io/v1 `ingresses` (with
+//! ingress-nginx's one-Ingress-per-host-and-path admission rule): list (with the collection's resourceVersion),
 //! get, create (POST), update (PUT), merge and strategic-merge PATCH with `resourceVersion`
-//! preconditions (409 Conflict), delete, and `watch=true` streams of ADDED / MODIFIED /
+//! preconditions (409 Conflict), JSON PATCH, delete, and `watch=true` streams of ADDED / MODIFIED /
 //! DELETED / BOOKMARK events resumable from a resourceVersion, with 410 Gone once that version
 //! is compacted away. Discovery documents make `kubectl` work against it. Objects live in
 //! memory and survive [`FakeApiServer::stop`] / [`FakeApiServer::restart`], like etcd behind
@@ -21,6 +22,8 @@
 //! ```
 
 mod discovery;
+mod ingress;
+mod json_patch;
 mod routes;
 mod serve;
 mod status;
@@ -351,6 +354,27 @@ impl FakeApiServer {
         resource_version(
             &updated.unwrap_or_else(|e| panic!("set {namespace}/{name}: {}", e.message)),
         )
+    }
+
+    /// Creates an object of a served resource (`ingresses`, say) as a client would POST it,
+    /// admission rules included; returns it as stored.
+    ///
+    /// # Panics
+    /// If it is refused (it exists, or admission denies it).
+    pub fn create_object(&self, resource: &str, namespace: &str, object: Value) -> Value {
+        routes::create(&self.shared, resource, Some(namespace.to_owned()), &object)
+            .unwrap_or_else(|e| panic!("create {resource} {namespace}: {}", e.message))
+            .1
+    }
+
+    /// An object of a served resource as stored, if it exists.
+    pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        let key = Key {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.shared.store().get(&key).ok()
     }
 
     /// Deletes the ConfigMap; returns whether it existed.
