@@ -93,17 +93,8 @@ fn on_source_event(
                     persister.accepted = Some(content.clone());
                 }
                 Err(e) => {
-                    let (client, cm) = (client.clone(), cm.clone());
                     let message = format!("revision {rv} rejected: {e}");
-                    tokio::spawn(async move {
-                        canary_controller::record_event(
-                            &client,
-                            &cm,
-                            EventKind::ConfigRejected,
-                            &message,
-                        )
-                        .await;
-                    });
+                    spawn_event(client, cm, EventKind::ConfigRejected, message);
                 }
             }
             persister.seen = Some(content);
@@ -137,4 +128,12 @@ fn on_source_event(
             persister.prompt();
         }
     }
+}
+
+/// Records an Event in its own task: a courtesy to the operator that never holds anything up.
+fn spawn_event(client: &Client, cm: &ConfigMapRef, kind: EventKind, message: String) {
+    let (client, cm) = (client.clone(), cm.clone());
+    tokio::spawn(async move {
+        canary_controller::record_event(&client, &cm, kind, &message).await;
+    });
 }

@@ -252,16 +252,11 @@ async fn run(client: &Client, cm: &ConfigMapRef, work: Work) -> Done {
                 Ok(outcome) => {
                     info!(configmap = %cm, ?outcome, "rollback write-back finished");
                     if matches!(outcome, WriteBackOutcome::Written { .. }) {
-                        // Only the write that took effect tells the operator, once.
+                        // Only the write that took effect tells the operator, once; in its own
+                        // task, so a slow Event never holds up the next write.
                         let message =
                             format!("{} rolled back: {}", record.canary_color, record.reason);
-                        canary_controller::record_event(
-                            client,
-                            cm,
-                            EventKind::RolledBack,
-                            &message,
-                        )
-                        .await;
+                        super::spawn_event(client, cm, EventKind::RolledBack, message);
                     }
                     Done::Settled
                 }
