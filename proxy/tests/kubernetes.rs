@@ -389,20 +389,28 @@ async fn kubectl(api: &FakeApiServer, args: &[String]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs the command docs/operating.md gives that starts with `prefix`, word for word (the
-/// first such line of a code block, `\` continuations joined), as a user would paste it.
-async fn documented(api: &FakeApiServer, prefix: &str) -> String {
+/// The command lines of docs/operating.md's code blocks that start with `prefix`, in order,
+/// `\` continuations joined, each split into words as a shell would.
+fn documented_commands(prefix: &str) -> Vec<Vec<String>> {
     let docs =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operating.md"))
             .expect("read docs/operating.md");
-    let joined = docs.replace("\\\n", " ");
-    let line = joined
+    docs.replace("\\\n", " ")
         .lines()
         .map(str::trim)
-        .find(|line| line.starts_with(prefix))
+        .filter(|line| line.starts_with(prefix))
+        .map(shell_words)
+        .collect()
+}
+
+/// Runs the command docs/operating.md gives that starts with `prefix`, word for word (the
+/// first such line), as a user would paste it.
+async fn documented(api: &FakeApiServer, prefix: &str) -> String {
+    let commands = documented_commands(prefix);
+    let words = commands
+        .first()
         .unwrap_or_else(|| panic!("docs/operating.md gives no command starting {prefix:?}"));
-    let words = shell_words(line);
-    assert_eq!(words[0], "kubectl", "{line}");
+    assert_eq!(words[0], "kubectl", "{words:?}");
     kubectl(api, &words[1..]).await
 }
 
@@ -776,4 +784,58 @@ async fn the_documented_ingress_switch_keeps_the_stable_ingress_and_retires_the_
         .await
         .unwrap();
     assert!(!again.status.success());
+}
+
+#[tokio::test]
+async fn every_documented_configmap_edit_works_as_the_docs_say() {
+    let Cluster {
+        api,
+        proxy,
+        upstreams: _upstreams,
+    } = cluster(&[]).await;
+    let mut commands = documented_commands("kubectl patch configmap canary-proxy");
+    commands.extend(documented_commands(
+        "kubectl annotate configmap canary-proxy",
+    ));
+    commands.dedup();
+    assert!(commands.len() >= 10, "{commands:#?}");
+    for words in commands {
+        let before = api.configmap(NS, NAME).unwrap();
+        kubectl(&api, &words[1..]).await;
+        let after = api.configmap(NS, NAME).unwrap();
+        // The watch reports changes of the data and of our annotations only.
+        let ours = |cm: &ConfigMapSnapshot| {
+            let mut annotations = cm.annotations.clone();
+            annotations.retain(|k, _| k.starts_with("canary-proxy/"));
+            (cm.data.clone(), annotations)
+        };
+        if ours(&after) == ours(&before) {
+            continue;
+        }
+        // The docs show two bad edits (a typo, a weight above the total): refused by the proxy
+        // here (the fake runs no admission policy), applied otherwise.
+        let refused = after.data.contains_key("canary-wieght")
+            || after.data.get("canary-weight").is_some_and(|w| w == "150");
+        let status = proxy
+            .wait_status(Duration::from_secs(5), |s| {
+                s["revision"] == after.resource_version.as_str()
+                    || (refused && !s["last_config_error"].is_null())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{words:?} not taken up: {e}"));
+        assert_eq!(
+            status["last_config_error"].is_null(),
+            !refused,
+            "{words:?}: {status}"
+        );
+        if refused {
+            // Undo it, as the docs' next command would, so the next edit is judged on its own.
+            let good: Vec<(&str, &str)> = before
+                .data
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            api.set_data(NS, NAME, &good);
+        }
+    }
 }
