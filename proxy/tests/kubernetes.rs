@@ -297,6 +297,31 @@ async fn a_rollback_is_written_back_and_a_second_replica_converges() {
         assert!(Instant::now() < deadline, "no CanaryRolledBack event");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Both running replicas refuse the same bad revision: one Event, counted twice.
+    api.patch_data(NS, NAME, &[("canary-weight", "ninety")]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rejected: Vec<_> = api
+            .events()
+            .into_iter()
+            .filter(|e| e.reason == "ConfigRejected")
+            .collect();
+        if rejected.iter().any(|e| e.count == 2) {
+            assert_eq!(rejected.len(), 1, "{rejected:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not merged: {rejected:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rolled_back = api
+        .events()
+        .into_iter()
+        .filter(|e| e.reason == "CanaryRolledBack")
+        .count();
+    assert_eq!(
+        rolled_back, 1,
+        "only the write that took effect is recorded"
+    );
 }
 
 #[tokio::test]
