@@ -1,7 +1,8 @@
 //! `--configmap NAMESPACE/NAME`: the ConfigMap, followed through the Kubernetes API, feeds the
-//! same validation and hot swap as a file; a rollback decided here is written back to it so
-//! that every replica and every restart agrees. (The API code itself is the
-//! `canary-controller` crate's; this is the wiring.)
+//! same validation and hot swap as a file; a rollback decided here is recorded in it so that
+//! every replica and every restart agrees, until a person resumes it or a new canary comes
+//! ([`persist`] decides which rollback applies and what the ConfigMap still needs). (The API
+//! code itself is the `canary-controller` crate's; this is the wiring.)
 
 mod persist;
 
