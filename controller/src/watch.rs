@@ -11,7 +11,7 @@
 //! A list that works is not enough to call the link healthy: with LIST allowed and WATCH
 //! refused (a 403 after a Role edit), relisting at once would loop at round-trip speed. The
 //! backoff is therefore reset only once a watch has delivered an event or stayed open for
-//! [`WATCH_PROOF`]; until then each failed watch waits for the next backoff step, and a watch
+//! 5 s (`WATCH_PROOF`); until then each failed watch waits for the next backoff step, and a watch
 //! that keeps failing after good lists is reported once as [`SourceEvent::WatchFailing`].
 
 use std::collections::{BTreeMap, VecDeque};
