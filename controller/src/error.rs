@@ -27,14 +27,14 @@ pub enum Error {
         source: kube::Error,
     },
 
-    /// The write-back's attempts ran out on conflicting changes: the ConfigMap is being written
-    /// by someone else faster than we can re-read it.
-    #[error("gave up writing the rollback to ConfigMap {cm} after {attempts} conflicting changes")]
-    ConflictsExhausted {
+    /// A write to the ConfigMap did not finish within its deadline (the API server
+    /// unreachable or failing); it was dropped, so it cannot land later.
+    #[error("writing ConfigMap {cm} did not finish within {deadline:?}")]
+    DeadlineExceeded {
         /// The ConfigMap concerned.
         cm: ConfigMapRef,
-        /// How many patches were refused with 409 Conflict.
-        attempts: u32,
+        /// The deadline that passed.
+        deadline: std::time::Duration,
     },
 }
 

@@ -1,11 +1,15 @@
 //! Kubernetes Events on the ConfigMap, so `kubectl describe configmap` tells what happened.
+//!
+//! An Event's name is derived from its reason and message, so the same news from several
+//! replicas (every replica rejects the same bad revision) merges into one Event whose `count`
+//! goes up, as client-go's correlator would do, instead of one Event per replica.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
 use crate::ConfigMapRef;
@@ -15,6 +19,10 @@ const COMPONENT: &str = "canary-proxy";
 
 /// Longest message we send; events.k8s.io caps notes at 1 kB, so stay within it.
 const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Longest time one Event may take to record, duplicates' merge included: an Event is a
+/// courtesy, never worth a task left hanging on an unresponsive API server.
+const EVENT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Why an Event is recorded; both are `Warning`s, as something needs a person's attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,45 +44,69 @@ impl EventKind {
     }
 }
 
-/// Records a `Warning` Event about the ConfigMap (core/v1, as `kubectl describe` lists them).
+/// Records a `Warning` Event about the ConfigMap (core/v1, as `kubectl describe` lists them);
+/// an Event with the same reason and message already there gets its `count` raised instead.
 ///
 /// An Event is a courtesy to the operator: failing to write one is logged and otherwise
-/// ignored, never allowed to disturb the proxy. An API server that does not answer holds this
-/// call for as long as the client's timeouts, so run it in its own task.
+/// ignored, never allowed to disturb the proxy. It gives up after 10 s; still, run it in its
+/// own task.
 pub async fn record_event(client: &Client, cm: &ConfigMapRef, kind: EventKind, message: &str) {
+    let outcome = tokio::time::timeout(EVENT_DEADLINE, post(client, cm, kind, message)).await;
+    let error = match outcome {
+        Ok(Ok(())) => {
+            tracing::debug!(configmap = %cm, reason = kind.reason(), "event recorded");
+            return;
+        }
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("no answer within {EVENT_DEADLINE:?}"),
+    };
+    tracing::warn!(
+        configmap = %cm,
+        reason = kind.reason(),
+        %error,
+        "could not record a Kubernetes Event (is `create` on events allowed by the Role?)"
+    );
+}
+
+async fn post(
+    client: &Client,
+    cm: &ConfigMapRef,
+    kind: EventKind,
+    message: &str,
+) -> Result<(), kube::Error> {
     let event = build_event(client, cm, kind, message).await;
     let api: Api<Event> = Api::namespaced(client.clone(), &cm.namespace);
     match api.create(&PostParams::default(), &event).await {
-        Ok(_) => tracing::debug!(configmap = %cm, reason = kind.reason(), "event recorded"),
-        Err(error) => tracing::warn!(
-            configmap = %cm,
-            reason = kind.reason(),
-            %error,
-            "could not record a Kubernetes Event (is `create` on events allowed by the Role?)"
-        ),
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        other => return other.map(drop),
     }
+    // Already recorded, by this replica or another: count it, as the correlator does.
+    let name = event.metadata.name.unwrap_or_default();
+    let count = api.get(&name).await?.count.unwrap_or(1);
+    let patch = serde_json::json!({
+        "count": count + 1,
+        "lastTimestamp": event.last_timestamp,
+    });
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
 }
 
 async fn build_event(client: &Client, cm: &ConfigMapRef, kind: EventKind, message: &str) -> Event {
-    let now = SystemTime::now();
-    let nanos = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
+    let message = truncate(message, MAX_MESSAGE_BYTES);
     let instance = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| COMPONENT.to_owned());
-    let timestamp = Timestamp::try_from(now).ok().map(Time);
+    let timestamp = Timestamp::try_from(SystemTime::now()).ok().map(Time);
     Event {
         metadata: ObjectMeta {
-            // client-go's naming: object name plus a hex timestamp, unique per event.
-            name: Some(format!("{}.{nanos:x}", cm.name)),
+            name: Some(event_name(cm, kind, message)),
             namespace: Some(cm.namespace.clone()),
             ..ObjectMeta::default()
         },
         involved_object: involved_object(client, cm).await,
         reason: Some(kind.reason().to_owned()),
-        message: Some(truncate(message, MAX_MESSAGE_BYTES).to_owned()),
+        message: Some(message.to_owned()),
         type_: Some("Warning".to_owned()),
         count: Some(1),
         first_timestamp: timestamp.clone(),
@@ -87,6 +119,20 @@ async fn build_event(client: &Client, cm: &ConfigMapRef, kind: EventKind, messag
         reporting_instance: Some(instance),
         ..Event::default()
     }
+}
+
+/// `<configmap>.<reason>.<hash of the message>`: the same news gets the same name, whichever
+/// replica sends it, and stays a valid (lowercase) object name.
+fn event_name(cm: &ConfigMapRef, kind: EventKind, message: &str) -> String {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = message.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!(
+        "{}.{}.{hash:016x}",
+        cm.name,
+        kind.reason().to_ascii_lowercase()
+    )
 }
 
 /// The reference `kubectl describe` matches on, UID included; without the UID (the ConfigMap
@@ -126,12 +172,31 @@ fn truncate(text: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::truncate;
+    use super::*;
 
     #[test]
     fn truncates_on_a_char_boundary() {
         assert_eq!(truncate("abc", 10), "abc");
         assert_eq!(truncate("aé", 2), "a");
         assert_eq!(truncate("héllo", 3), "hé");
+    }
+
+    #[test]
+    fn the_same_news_gets_the_same_name() {
+        let cm = ConfigMapRef::new("shop", "canary-proxy").unwrap();
+        let name = event_name(&cm, EventKind::ConfigRejected, "revision 7 rejected");
+        assert_eq!(
+            name,
+            event_name(&cm, EventKind::ConfigRejected, "revision 7 rejected")
+        );
+        assert!(name.starts_with("canary-proxy.configrejected."), "{name}");
+        assert_ne!(
+            name,
+            event_name(&cm, EventKind::ConfigRejected, "revision 8 rejected")
+        );
+        assert_ne!(
+            name,
+            event_name(&cm, EventKind::RolledBack, "revision 7 rejected")
+        );
     }
 }

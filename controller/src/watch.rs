@@ -7,6 +7,12 @@
 //! watcher lists before it watches, so every recovery (server back, 410 Gone, in-stream error)
 //! is confirmed by a list of our one object: cheap, and it also catches a deletion that
 //! happened while we were away.
+//!
+//! A list that works is not enough to call the link healthy: with LIST allowed and WATCH
+//! refused (a 403 after a Role edit), relisting at once would loop at round-trip speed. The
+//! backoff is therefore reset only once a watch has delivered an event or stayed open for
+//! 5 s (`WATCH_PROOF`); until then each failed watch waits for the next backoff step, and a watch
+//! that keeps failing after good lists is reported once as [`SourceEvent::WatchFailing`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -32,6 +38,14 @@ const MAX_PAUSE: Duration = Duration::from_secs(30);
 /// Two 410 Gone answers closer than this mean relisting is not helping: back off.
 const EXPIRY_REPEAT_WINDOW: Duration = Duration::from_secs(1);
 
+/// A watch open this long after its list (or one that delivered an event) works: the backoff
+/// starts over.
+const WATCH_PROOF: Duration = Duration::from_secs(5);
+
+/// Failed watches after good lists, in a row, that are reported as
+/// [`SourceEvent::WatchFailing`]: one may be a connection cut at a bad moment.
+const WATCH_FAILURES_REPORTED: u32 = 2;
+
 /// What happened to the watched ConfigMap, as the proxy's config source needs to hear it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceEvent {
@@ -56,8 +70,16 @@ pub enum SourceEvent {
         /// The first error of this outage.
         error: String,
     },
-    /// The API server answers again after a `Disconnected`; the ConfigMap was re-listed and any
-    /// change is sent right after this event.
+    /// The ConfigMap can be listed but the watch keeps failing (403 after a Role edit, a proxy
+    /// in between that cuts long requests): changes are seen only at each relist, which backs
+    /// off up to 30 s. Sent once, until a watch works again (then `Reconnected`).
+    WatchFailing {
+        /// The watch's last error.
+        error: String,
+    },
+    /// The API server answers again after a `Disconnected`, or the watch works again after a
+    /// `WatchFailing`; the ConfigMap was re-listed and any change is sent right after this
+    /// event.
     Reconnected,
 }
 
@@ -84,6 +106,8 @@ enum Link {
     Suspect,
     /// An outage was reported; retrying with backoff until a list succeeds.
     Down,
+    /// Lists succeed but watches fail: reported, retrying with backoff until a watch works.
+    WatchFailing,
 }
 
 /// What the proxy has been told about the object.
@@ -121,6 +145,10 @@ struct ConfigMapWatch {
     pending: VecDeque<SourceEvent>,
     /// When the last 410 Gone came, to notice a relist loop.
     last_expiry: Option<Instant>,
+    /// When the current stream's list finished, while its watch has not yet proven itself.
+    unproven_since: Option<Instant>,
+    /// Watches that failed after a good list without proving themselves, in a row.
+    unproven_failures: u32,
 }
 
 impl ConfigMapWatch {
@@ -136,6 +164,8 @@ impl ConfigMapWatch {
             listed: None,
             pending: VecDeque::new(),
             last_expiry: None,
+            unproven_since: None,
+            unproven_failures: 0,
         }
     }
 
@@ -153,7 +183,22 @@ impl ConfigMapWatch {
                     .timeout(WATCH_TIMEOUT_SECS);
                 watcher(self.api.clone(), config).boxed()
             });
-            match stream.next().await {
+            // A watch that stays open this long works, even if nothing changes.
+            let unproven_since = self.unproven_since;
+            let proof = async move {
+                match unproven_since {
+                    Some(since) => tokio::time::sleep_until(since + WATCH_PROOF).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let next = tokio::select! {
+                next = stream.next() => next,
+                () = proof => {
+                    self.prove();
+                    continue;
+                }
+            };
+            match next {
                 Some(Ok(event)) => self.on_event(event),
                 Some(Err(error)) => self.on_error(&error),
                 // The watcher never ends; if it did, starting over is the right answer.
@@ -172,17 +217,20 @@ impl ConfigMapWatch {
             }
             watcher::Event::InitDone => {
                 self.mark_up();
+                self.unproven_since = Some(Instant::now());
                 match self.listed.take() {
                     Some(obj) => self.present(obj),
                     None => self.absent(),
                 }
             }
             watcher::Event::Apply(obj) => {
+                self.prove();
                 if self.is_ours(&obj) {
                     self.present(obj);
                 }
             }
             watcher::Event::Delete(obj) => {
+                self.prove();
                 if self.is_ours(&obj) {
                     self.absent();
                 }
@@ -192,6 +240,7 @@ impl ConfigMapWatch {
 
     fn on_error(&mut self, error: &watcher::Error) {
         self.stream = None;
+        let unproven = self.unproven_since.take().is_some();
         if is_expired(error) {
             // 410 Gone: our resourceVersion was compacted away. Routine; relist at once, unless
             // it keeps happening, which calls for the backoff after all.
@@ -204,6 +253,10 @@ impl ConfigMapWatch {
                 self.pause = self.backoff.next();
             }
             tracing::debug!(configmap = %self.cm, %error, "watch expired; listing again");
+            return;
+        }
+        if unproven && is_watch_error(error) {
+            self.on_unproven_watch_failure(error);
             return;
         }
         match self.link {
@@ -219,7 +272,7 @@ impl ConfigMapWatch {
                 tracing::debug!(configmap = %self.cm, %error, "Kubernetes API still failing; retrying");
                 return;
             }
-            Link::Suspect => {}
+            Link::Suspect | Link::WatchFailing => {}
         }
         self.pause = Some(self.backoff.next().unwrap_or(MAX_PAUSE));
         self.link = Link::Down;
@@ -233,13 +286,54 @@ impl ConfigMapWatch {
         });
     }
 
+    /// A list succeeded: the API server answers. The backoff goes on until the watch proves
+    /// itself ([`ConfigMapWatch::prove`]).
     fn mark_up(&mut self) {
-        if self.link == Link::Down {
-            tracing::info!(configmap = %self.cm, "Kubernetes API reachable again; watch resumed");
-            self.pending.push_back(SourceEvent::Reconnected);
+        match self.link {
+            Link::Down => {
+                tracing::info!(configmap = %self.cm, "Kubernetes API reachable again; watch resumed");
+                self.pending.push_back(SourceEvent::Reconnected);
+                self.link = Link::Up;
+            }
+            // Still waiting for a watch that works.
+            Link::WatchFailing => {}
+            Link::Connecting | Link::Up | Link::Suspect => self.link = Link::Up,
         }
-        self.link = Link::Up;
+    }
+
+    /// The watch delivered an event or stayed open: the link works, the backoff starts over.
+    fn prove(&mut self) {
+        if self.unproven_since.take().is_none() {
+            return;
+        }
+        self.unproven_failures = 0;
         self.backoff.reset();
+        if self.link == Link::WatchFailing {
+            tracing::info!(configmap = %self.cm, "Kubernetes API watch works again");
+            self.pending.push_back(SourceEvent::Reconnected);
+            self.link = Link::Up;
+        }
+    }
+
+    /// A watch failed right after a good list: never relist at once, and after
+    /// [`WATCH_FAILURES_REPORTED`] in a row say so, once.
+    fn on_unproven_watch_failure(&mut self, error: &watcher::Error) {
+        self.pause = Some(self.backoff.next().unwrap_or(MAX_PAUSE));
+        self.unproven_failures += 1;
+        if self.unproven_failures < WATCH_FAILURES_REPORTED || self.link == Link::WatchFailing {
+            tracing::debug!(configmap = %self.cm, %error, pause = ?self.pause, "watch failed after a good list; backing off");
+            return;
+        }
+        self.link = Link::WatchFailing;
+        tracing::warn!(
+            configmap = %self.cm,
+            %error,
+            "the ConfigMap can be listed but not watched (check the Role's `watch` verb); \
+             relisting with backoff up to 30 s, so changes arrive late"
+        );
+        self.pending.push_back(SourceEvent::WatchFailing {
+            error: error.to_string(),
+        });
     }
 
     /// A field selector is honoured by real API servers, but a stray object must still never be
@@ -294,6 +388,17 @@ impl ConfigMapWatch {
             Presence::Missing | Presence::Deleted => {}
         }
     }
+}
+
+/// Whether the API server answered the watch request (not the list before it) with an error:
+/// a refusal that relisting will not cure. A cut connection is an ordinary failure instead.
+fn is_watch_error(error: &watcher::Error) -> bool {
+    matches!(
+        error,
+        watcher::Error::WatchStartFailed(kube::Error::Api(_))
+            | watcher::Error::WatchFailed(kube::Error::Api(_))
+            | watcher::Error::WatchError(_)
+    )
 }
 
 /// Whether the API server answered 410 Gone: the watch's resourceVersion is too old.

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use canary_controller::{ConfigMapRef, RollbackRecord, SourceEvent, WriteBackOutcome, write_back};
+use canary_controller::{
+    ConfigMapRef, RollbackRecord, SourceEvent, WRITE_BACK_DEADLINE, WriteBackOutcome, write_back,
+};
 use canary_testkit::fake_apiserver::FakeApiServer;
 use common::{NAME, NS, client, eventually, next_event, spawn_watch};
 
@@ -60,9 +62,12 @@ async fn a_rollback_written_by_one_replica_reaches_the_other_within_a_second() {
         canary_upstream: "127.0.0.1:2".into(),
         reason: "green: 25 of 50 requests failed (50.0%) in 30s, above 5%".into(),
         at: "2026-01-01T00:00:00Z".into(),
+        judged_revision: "1".into(),
         seen_resource_version: seen,
     };
-    let outcome = write_back(&a, &cm, &record).await.unwrap();
+    let outcome = write_back(&a, &cm, &record, WRITE_BACK_DEADLINE)
+        .await
+        .unwrap();
     let WriteBackOutcome::Written { resource_version } = outcome else {
         panic!("expected Written, got {outcome:?}");
     };

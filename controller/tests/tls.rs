@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use canary_controller::{ConfigMapRef, RollbackRecord, SourceEvent, WriteBackOutcome, write_back};
+use canary_controller::{
+    ConfigMapRef, RollbackRecord, SourceEvent, WRITE_BACK_DEADLINE, WriteBackOutcome, write_back,
+};
 use canary_testkit::fake_apiserver::FakeApiServer;
 use common::{NAME, NS, client, next_event, spawn_watch};
 
@@ -31,9 +33,12 @@ async fn watch_and_write_back_over_https() {
         canary_upstream: "g:1".into(),
         reason: "test".into(),
         at: "2026-01-01T00:00:00Z".into(),
+        judged_revision: "1".into(),
         seen_resource_version: rv,
     };
-    let outcome = write_back(&kube, &cm, &record).await.unwrap();
+    let outcome = write_back(&kube, &cm, &record, WRITE_BACK_DEADLINE)
+        .await
+        .unwrap();
     assert!(
         matches!(outcome, WriteBackOutcome::Written { .. }),
         "{outcome:?}"

@@ -281,3 +281,52 @@ async fn one_failed_request_is_retried_silently_and_more_are_one_outage() {
         Some("6")
     );
 }
+
+#[tokio::test]
+async fn a_refused_watch_after_good_lists_backs_off_and_is_reported_once() {
+    let (logs, _guard) = CapturedLogs::start();
+    let api = FakeApiServer::start().await;
+    api.create_configmap(NS, NAME, &[("canary-weight", "5")]);
+    // A Role edit dropped `watch` but kept `list`: every list works, every watch is refused.
+    api.fail_next(Verb::Watch, 403, 3);
+    let started = Instant::now();
+    let mut events = spawn_watch(client(&api).await, cm());
+    assert_eq!(
+        weight(&next_event(&mut events, PROPAGATION).await),
+        Some("5")
+    );
+    match next_event(&mut events, RECONNECT).await {
+        SourceEvent::WatchFailing { error } => assert!(error.contains("403"), "{error}"),
+        other => panic!("expected WatchFailing, got {other:?}"),
+    }
+    eventually(RECONNECT, "a watch that stays open", || async {
+        (api.active_watches() == 1).then_some(())
+    })
+    .await;
+    let calls = |verb| api.requests().iter().filter(|r| r.verb == verb).count();
+    // Without the backoff this is thousands of calls a second; with it, one list per refusal
+    // (0.8 s, 1.6 s, 3.2 s apart, jittered) and the one that led to the open watch.
+    assert_eq!(
+        (calls(Verb::List), calls(Verb::Watch)),
+        (4, 4),
+        "after {:?}",
+        started.elapsed()
+    );
+
+    // The watch works again: reported as soon as it delivers a change.
+    api.patch_data(NS, NAME, &[("canary-weight", "6")]);
+    assert_eq!(
+        next_event(&mut events, PROPAGATION).await,
+        SourceEvent::Reconnected
+    );
+    assert_eq!(
+        weight(&next_event(&mut events, PROPAGATION).await),
+        Some("6")
+    );
+    let warnings = logs.lines("WARN canary_controller");
+    assert_eq!(warnings.len(), 1, "one warning: {warnings:#?}");
+    assert!(
+        warnings[0].contains("listed but not watched"),
+        "{warnings:#?}"
+    );
+}

@@ -45,7 +45,7 @@ static PROXY: LazyLock<(Arc<Runtime>, Arc<auto::Builder<TokioExecutor>>)> = Lazy
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    runtime.apply(&keys, "fuzz", None).expect("config");
+    runtime.apply(&keys, "fuzz", |_| None).expect("config");
     let limits = Limits {
         header_read_timeout: Duration::from_millis(100),
         ..Limits::default()

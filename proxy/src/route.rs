@@ -50,6 +50,9 @@ pub struct RolledBack {
     pub reason: String,
     /// When, in RFC 3339.
     pub at: String,
+    /// The revision of the configuration whose evidence was judged; the persisted record
+    /// names it, including when it is written after later, unrelated edits.
+    pub revision: Arc<str>,
 }
 
 impl RouteTable {

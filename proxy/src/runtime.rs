@@ -138,19 +138,22 @@ impl Runtime {
     }
 
     /// Validates `data` and, if it is good, swaps it in; otherwise keeps the current table.
-    /// `persisted` is a rollback the configuration itself records (the ConfigMap's rollback
-    /// annotations), so a restarted or other replica keeps sending everything to stable.
+    /// `persisted` says, given the table being replaced, which rollback the new table keeps:
+    /// one the configuration itself records (the ConfigMap's rollback annotations), so a
+    /// restarted or other replica keeps sending everything to stable, or one latched on
+    /// unchanged content.
     ///
-    /// The swap is a compare-and-swap: a rollback decided while the new table was being built
-    /// is carried into it when the canary is still the same one, so a reload never silently
-    /// undoes a rollback whose metric, log line and write-back have already gone out.
+    /// The swap is a compare-and-swap: a rollback decided after `persisted` looked at the table
+    /// is carried into the new one when the canary is still the same one, so a reload never
+    /// silently undoes a rollback whose metric, log line and write-back have already gone out.
     pub fn apply(
         &self,
         data: &BTreeMap<String, String>,
         revision: &str,
-        persisted: Option<RolledBack>,
+        persisted: impl FnOnce(Option<&RouteTable>) -> Option<RolledBack>,
     ) -> Result<(), ConfigError> {
         let staged = self.stage(data, revision)?;
+        let persisted = persisted(staged.seen.as_deref());
         let table = self.install(staged, persisted);
         let window = table.config.rollback.window;
         if self.history().window() != window {
@@ -241,6 +244,7 @@ impl Runtime {
             color: canary,
             reason: reason.clone(),
             at: at.clone(),
+            revision: table.revision.clone(),
         });
         let mut current = table.clone();
         let rolled = loop {
@@ -349,7 +353,7 @@ mod tests {
     #[test]
     fn a_rollback_between_staging_and_swapping_a_reload_survives_it() {
         let runtime = Runtime::new(Metrics::new().unwrap(), "test".into());
-        runtime.apply(&data(50), "0", None).unwrap();
+        runtime.apply(&data(50), "0", |_| None).unwrap();
         let staged = runtime.stage(&data(60), "1").unwrap();
         let table = runtime.routes().clone().unwrap();
         runtime.roll_back(&table, "test".into());
@@ -361,16 +365,16 @@ mod tests {
         assert_eq!(installed.config.weight, 60, "the rollback undid the reload");
         // A reload staged after the rollback is the one that may clear it (a file source
         // resumes that way).
-        runtime.apply(&data(70), "2", None).unwrap();
+        runtime.apply(&data(70), "2", |_| None).unwrap();
         assert!(runtime.routes().clone().unwrap().rolled_back.is_none());
     }
 
     #[test]
     fn a_rollback_decided_on_a_replaced_table_applies_to_its_successor() {
         let runtime = Runtime::new(Metrics::new().unwrap(), "test".into());
-        runtime.apply(&data(50), "0", None).unwrap();
+        runtime.apply(&data(50), "0", |_| None).unwrap();
         let judged = runtime.routes().clone().unwrap();
-        runtime.apply(&data(60), "1", None).unwrap();
+        runtime.apply(&data(60), "1", |_| None).unwrap();
         runtime.roll_back(&judged, "test".into());
         let now = runtime.routes().clone().unwrap();
         assert!(now.rolled_back.is_some());
@@ -379,7 +383,7 @@ mod tests {
         // A new canary is not rolled back for the old one's evidence.
         let mut other = data(60);
         other.insert("green.upstream".into(), "127.0.0.1:3".into());
-        runtime.apply(&other, "2", None).unwrap();
+        runtime.apply(&other, "2", |_| None).unwrap();
         let before = runtime.routes().clone().unwrap();
         runtime.roll_back(&judged, "test".into());
         assert!(runtime.routes().clone().unwrap().rolled_back.is_none());
@@ -389,7 +393,7 @@ mod tests {
     #[test]
     fn rollbacks_racing_reloads_never_lose_each_other() {
         let runtime = Runtime::new(Metrics::new().unwrap(), "test".into());
-        runtime.apply(&data(50), "0", None).unwrap();
+        runtime.apply(&data(50), "0", |_| None).unwrap();
         // Reloads staged so far: only a reload staged after a rollback may clear it.
         let staged = AtomicU64::new(0);
         let done = AtomicBool::new(false);

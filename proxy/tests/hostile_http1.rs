@@ -474,3 +474,44 @@ async fn forwarded_headers_follow_trusted_hops() {
         assert_eq!(headers.contains_key("forwarded"), hops != "0");
     }
 }
+
+#[tokio::test]
+async fn the_admin_listener_caps_connections_and_closes_idle_ones() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[]).await;
+    // Fill the admin listener (32 connections) with clients that never send a request.
+    let mut idle = Vec::new();
+    for _ in 0..32 {
+        idle.push(RawConn::connect(proxy.admin).await.unwrap());
+    }
+    // One more is closed at once, without an answer, even with a whole request in it.
+    let refused = RawConn::exchange(
+        proxy.admin,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(refused.closed, "not closed: {:?}", refused.text());
+    assert!(refused.statuses().is_empty(), "{:?}", refused.text());
+    // The idle ones are closed at the header timeout (5 s), which frees the listener.
+    let started = Instant::now();
+    for conn in &mut idle {
+        let reply = conn
+            .read_until_closed(Duration::from_secs(10).saturating_sub(started.elapsed()))
+            .await;
+        assert!(
+            reply.closed,
+            "an idle admin connection still open after {:?}",
+            started.elapsed()
+        );
+    }
+    eprintln!(
+        "32 idle admin connections closed after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "closed before the timeout"
+    );
+    assert_eq!(proxy.admin_get("/healthz").await.unwrap().0, 200);
+}

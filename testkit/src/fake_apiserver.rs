@@ -1,8 +1,9 @@
 //! A fake Kubernetes API server for tests: the real wire protocol over plain HTTP on loopback.
 //!
-//! It serves core/v1 `configmaps` and `events`: list (with the collection's resourceVersion),
+//! It serves core/v1 `configmaps` and `events`, and networking.k8s.io/v1 `ingresses` (with
+//! ingress-nginx's one-Ingress-per-host-and-path admission rule): list (with the collection's resourceVersion),
 //! get, create (POST), update (PUT), merge and strategic-merge PATCH with `resourceVersion`
-//! preconditions (409 Conflict), delete, and `watch=true` streams of ADDED / MODIFIED /
+//! preconditions (409 Conflict), JSON PATCH, delete, and `watch=true` streams of ADDED / MODIFIED /
 //! DELETED / BOOKMARK events resumable from a resourceVersion, with 410 Gone once that version
 //! is compacted away. Discovery documents make `kubectl` work against it. Objects live in
 //! memory and survive [`FakeApiServer::stop`] / [`FakeApiServer::restart`], like etcd behind
@@ -21,6 +22,8 @@
 //! ```
 
 mod discovery;
+mod ingress;
+mod json_patch;
 mod routes;
 mod serve;
 mod status;
@@ -110,6 +113,8 @@ pub struct RecordedEvent {
     pub involved_name: String,
     /// `involvedObject.uid`, empty if not set.
     pub involved_uid: String,
+    /// `count`: how many times it happened (raised when a duplicate is merged into it).
+    pub count: i64,
 }
 
 /// An injected failure: the next `remaining` requests of `verb` get `code`.
@@ -314,6 +319,26 @@ impl FakeApiServer {
         )
     }
 
+    /// Removes these annotations (a merge patch setting them to null, as `kubectl annotate
+    /// KEY-` does); returns the new resourceVersion.
+    ///
+    /// # Panics
+    /// If the ConfigMap does not exist.
+    pub fn remove_annotations(&self, namespace: &str, name: &str, keys: &[&str]) -> String {
+        let nulls: serde_json::Map<String, Value> = keys
+            .iter()
+            .map(|k| ((*k).to_owned(), Value::Null))
+            .collect();
+        let patch = json!({ "metadata": { "annotations": nulls } });
+        let patched = self
+            .shared
+            .store()
+            .merge_patch(&configmap_key(namespace, name), &patch);
+        resource_version(
+            &patched.unwrap_or_else(|e| panic!("annotate {namespace}/{name}: {}", e.message)),
+        )
+    }
+
     /// Replaces the whole `data` map; returns the new resourceVersion.
     ///
     /// # Panics
@@ -329,6 +354,27 @@ impl FakeApiServer {
         resource_version(
             &updated.unwrap_or_else(|e| panic!("set {namespace}/{name}: {}", e.message)),
         )
+    }
+
+    /// Creates an object of a served resource (`ingresses`, say) as a client would POST it,
+    /// admission rules included; returns it as stored.
+    ///
+    /// # Panics
+    /// If it is refused (it exists, or admission denies it).
+    pub fn create_object(&self, resource: &str, namespace: &str, object: Value) -> Value {
+        routes::create(&self.shared, resource, Some(namespace.to_owned()), &object)
+            .unwrap_or_else(|e| panic!("create {resource} {namespace}: {}", e.message))
+            .1
+    }
+
+    /// An object of a served resource as stored, if it exists.
+    pub fn object(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        let key = Key {
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.shared.store().get(&key).ok()
     }
 
     /// Deletes the ConfigMap; returns whether it existed.
@@ -362,6 +408,7 @@ impl FakeApiServer {
                 involved_kind: text(e, "/involvedObject/kind"),
                 involved_name: text(e, "/involvedObject/name"),
                 involved_uid: text(e, "/involvedObject/uid"),
+                count: e.pointer("/count").and_then(Value::as_i64).unwrap_or(0),
             })
             .collect()
     }

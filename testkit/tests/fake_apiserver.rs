@@ -256,13 +256,13 @@ async fn patches_honour_resource_version_preconditions() {
             &api,
             Method::PATCH,
             &path,
-            "application/json-patch+json",
-            json!([]),
+            "application/apply-patch+yaml",
+            json!({}),
         )
         .await,
     )
     .await;
-    assert_eq!(status, 415);
+    assert_eq!(status, 415, "server-side apply is not served");
     let (status, invalid) = json_of(
         send(
             &client,

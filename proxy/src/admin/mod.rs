@@ -1,10 +1,17 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status` and the `/` page.
+//!
+//! Its clients are few (the kubelet's probes, Prometheus, an operator's port-forward), so it
+//! holds at most [`MAX_CONNECTIONS`] at once and drops a connection that sends no request
+//! headers within [`HEADER_READ_TIMEOUT`] or lives past [`CONNECTION_LIFETIME`]: idle or slow
+//! clients cannot pile up and starve the probes. Who may connect at all is the
+//! NetworkPolicy's business (`k8s/networkpolicy.yaml`).
 
 mod status;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
@@ -13,13 +20,23 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tracing::debug;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
 
 use crate::runtime::Runtime;
 
 const INDEX_HTML: &str = include_str!("index.html");
+
+/// Admin connections served at once; more are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Time for a client to send a request's headers, the first and each keep-alive one.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest life of one admin connection; a scraper that keeps its connection reconnects.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Serves the admin endpoints until `shutdown` resolves.
 pub async fn serve(
@@ -28,6 +45,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Logged once per episode of a full listener, not per refused connection.
+    let mut full = false;
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -40,18 +60,33 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !full {
+                warn!(
+                    limit = MAX_CONNECTIONS,
+                    "admin listener full; closing new connections until one ends"
+                );
+            }
+            full = true;
+            continue;
+        };
+        full = false;
         let runtime = runtime.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let response = route(&runtime, &req);
                 async move { Ok::<_, Infallible>(response) }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(error = %e, "admin connection ended with an error");
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Err(e)) => debug!(error = %e, "admin connection ended with an error"),
+                Err(_) => debug!("admin connection closed at the end of its lifetime"),
+                Ok(Ok(())) => {}
             }
+            drop(slot);
         });
     }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use super::{ConfigError, source};
+use crate::route::RouteTable;
 use crate::runtime::Runtime;
 
 /// Time between two reads of the config path.
@@ -26,7 +27,7 @@ type Read = Result<BTreeMap<String, String>, ConfigError>;
 pub fn load(runtime: &Runtime, path: &std::path::Path) -> Result<(), ConfigError> {
     let data = source::read(path)?;
     runtime.set_source_state(true, format!("following {}", path.display()));
-    runtime.apply(&data, &source::revision(&data), None)
+    runtime.apply(&data, &source::revision(&data), |_| None)
 }
 
 /// Polls `path` until `shutdown` resolves, applying or rejecting each settled change.
@@ -58,12 +59,11 @@ pub async fn follow(runtime: Arc<Runtime>, path: PathBuf, shutdown: impl Future<
                 // The applied content back after a moment unreadable (removed, or no file
                 // descriptor left) or after a rejected edit was undone: not a change, so a
                 // rollback stays.
-                let kept = match applied.as_ref() == Some(data) {
-                    true => runtime
-                        .routes()
-                        .as_ref()
-                        .and_then(|table| table.rolled_back.as_deref().cloned()),
-                    false => None,
+                let unchanged = applied.as_ref() == Some(data);
+                let kept = |table: Option<&RouteTable>| {
+                    table
+                        .filter(|_| unchanged)
+                        .and_then(|table| table.rolled_back.as_deref().cloned())
                 };
                 // A rejection is logged and counted by the runtime.
                 if runtime.apply(data, &source::revision(data), kept).is_ok() {

@@ -297,10 +297,16 @@ pub struct Evidence {
     pub streak: bool,
     /// The streaks at the time.
     pub streaks: Streaks,
-    /// The test's state at the time.
-    pub test: Test,
-    /// The plan it was judged by.
-    pub plan: Plan,
+    /// The absolute statistic at the time.
+    pub statistic: f64,
+    /// The boundary.
+    pub boundary: f64,
+    /// The threshold, a fraction.
+    pub threshold: f64,
+    /// The canary's requests since its statistic last left 0.
+    pub run: Counts,
+    /// Stable's requests over the same stretch.
+    pub run_stable: Counts,
     /// Whether stable had no weighted traffic to compare with (`w = 1`).
     pub threshold_only: bool,
 }
@@ -313,8 +319,11 @@ pub fn decide(plan: &Plan, test: &Test, streaks: Streaks, canary_share: f64) -> 
         Verdict::RollBack(Evidence {
             streak,
             streaks,
-            test: *test,
-            plan: *plan,
+            statistic: test.absolute,
+            boundary: plan.boundary,
+            threshold: plan.threshold,
+            run: test.run,
+            run_stable: test.run_stable,
             threshold_only,
         })
     };
@@ -337,22 +346,22 @@ impl Evidence {
     /// The rollback's reason, in a sentence with the figures.
     pub fn reason(&self) -> String {
         let pct = |c: Counts| 100.0 * c.failure_rate();
-        let threshold = 100.0 * self.plan.threshold;
+        let threshold = 100.0 * self.threshold;
         let mut reason = if self.streak {
             format!(
                 "canary failed its last {} requests in a row, above the {threshold}% threshold",
                 self.streaks.canary
             )
         } else {
-            let run = self.test.run;
+            let run = self.run;
             format!(
                 "canary failed {} of {} requests ({:.1}%) since its failures rose, above the \
                  {threshold}% threshold beyond chance (sequential test {:.1} of {:.1})",
                 run.failures,
                 run.requests,
                 pct(run),
-                self.test.absolute,
-                self.plan.boundary
+                self.statistic,
+                self.boundary
             )
         };
         if self.threshold_only {
@@ -364,7 +373,7 @@ impl Evidence {
                 self.streaks.stable
             );
         } else {
-            let stable = self.test.run_stable;
+            let stable = self.run_stable;
             let _ = write!(
                 reason,
                 "; stable failed {} of {} ({:.1}%) meanwhile",

@@ -157,6 +157,7 @@ fn rolled_back_sends_everything_to_stable_overrides_included() {
         color: Color::Green,
         reason: "test".into(),
         at: "2026-11-26T08:00:00Z".into(),
+        revision: "1".into(),
     }));
     assert_eq!(
         canary_share(&t, 100, &headers(&[("x-canary", "always")])),

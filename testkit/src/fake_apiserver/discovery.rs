@@ -1,4 +1,5 @@
-//! Discovery documents, enough for `kubectl` to find `configmaps` and `events` in core/v1.
+//! Discovery documents, enough for `kubectl` to find `configmaps` and `events` in core/v1,
+//! and `ingresses` in networking.k8s.io/v1.
 //!
 //! `kubectl` asks for aggregated discovery first; answering with plain `application/json`
 //! makes it fall back to the legacy documents served here.
@@ -19,7 +20,6 @@ pub(crate) fn document(path: &str) -> Option<Value> {
             "versions": ["v1"],
             "serverAddressByClientCIDRs": [],
         })),
-        "/apis" => Some(json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [] })),
         "/api/v1" => Some(json!({
             "kind": "APIResourceList",
             "groupVersion": "v1",
@@ -28,7 +28,7 @@ pub(crate) fn document(path: &str) -> Option<Value> {
                 resource("events", "event", "Event", &["ev"]),
             ],
         })),
-        _ => None,
+        path => super::ingress::discovery(path),
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::status::ApiError;
 use super::store::{Key, Selector};
 use super::watch::{WatchFilter, WatchRequest, error_line, watch_body};
-use super::{RequestRecord, Shared, Verb, discovery};
+use super::{RequestRecord, Shared, Verb, discovery, ingress, json_patch};
 
 /// Every response body: whole JSON documents, or a watch's event stream.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -109,7 +109,9 @@ pub(crate) async fn handle(
         } => match verb {
             Verb::Watch => return Ok(watch(&shared, resource, namespace, &query)),
             Verb::List => list(&shared, &resource, namespace.as_deref(), &query),
-            _ => create(&shared, &resource, namespace, &body),
+            _ => {
+                parse_json(&body).and_then(|object| create(&shared, &resource, namespace, &object))
+            }
         },
         Target::Object(key) => match verb {
             Verb::Get => shared.store().get(&key).map(|o| (StatusCode::OK, o)),
@@ -135,10 +137,10 @@ fn list(
     let selector = Selector::parse(query.get("fieldSelector").map_or("", String::as_str))?;
     let store = shared.store();
     let items = store.list(resource, namespace, &selector);
-    let kind = format!("{}List", super::store::type_of(resource).1);
+    let (api_version, kind) = super::store::type_of(resource);
     let list = json!({
-        "kind": kind,
-        "apiVersion": "v1",
+        "kind": format!("{kind}List"),
+        "apiVersion": api_version,
         "metadata": { "resourceVersion": store.resource_version().to_string() },
         "items": items,
     });
@@ -185,15 +187,15 @@ fn watch(
     stream_response(watch_body(shared, request))
 }
 
-fn create(
+/// POST of `object` to a collection, through the admission rules the fake knows.
+pub(crate) fn create(
     shared: &Shared,
     resource: &str,
     namespace: Option<String>,
-    body: &Bytes,
+    object: &Value,
 ) -> Result<(StatusCode, Value), ApiError> {
     let namespace = namespace
         .ok_or_else(|| ApiError::new(405, "MethodNotAllowed", "create needs a namespace".into()))?;
-    let object = parse_json(body)?;
     if let Some(ns) = object
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
@@ -203,14 +205,23 @@ fn create(
             "the namespace of the object does not match the namespace of the request".into(),
         ));
     }
-    shared
-        .store()
-        .create(resource, &namespace, object)
+    let mut store = shared.store();
+    if resource == ingress::RESOURCE {
+        let name = object.pointer("/metadata/name").and_then(Value::as_str);
+        let key = Key {
+            resource: resource.to_owned(),
+            namespace: namespace.clone(),
+            name: name.unwrap_or_default().to_owned(),
+        };
+        ingress::admit(&store, &key, object)?;
+    }
+    store
+        .create(resource, &namespace, object.clone())
         .map(|o| (StatusCode::CREATED, o))
 }
 
 /// Merge patches, and strategic merge patches, which for the string maps of a ConfigMap
-/// behave the same. JSON patches and server-side apply are not implemented: 415.
+/// behave the same; JSON patches. Server-side apply is not implemented: 415.
 fn patch(
     shared: &Shared,
     key: &Key,
@@ -223,6 +234,13 @@ fn patch(
             shared
                 .store()
                 .merge_patch(key, &patch)
+                .map(|o| (StatusCode::OK, o))
+        }
+        Some("application/json-patch+json") => {
+            let ops = parse_json(body)?;
+            shared
+                .store()
+                .patch_with(key, |object| json_patch::apply(object, &ops))
                 .map(|o| (StatusCode::OK, o))
         }
         other => Err(ApiError::new(
@@ -247,6 +265,34 @@ fn parse_target(path: &str) -> Option<Target> {
         }),
         ["api", "v1", "namespaces", namespace, resource, name] => Some(Target::Object(Key {
             resource: known(resource)?,
+            namespace: (*namespace).to_owned(),
+            name: (*name).to_owned(),
+        })),
+        ["apis", "networking.k8s.io", "v1", ingress::RESOURCE] => Some(Target::Collection {
+            resource: ingress::RESOURCE.to_owned(),
+            namespace: None,
+        }),
+        [
+            "apis",
+            "networking.k8s.io",
+            "v1",
+            "namespaces",
+            namespace,
+            ingress::RESOURCE,
+        ] => Some(Target::Collection {
+            resource: ingress::RESOURCE.to_owned(),
+            namespace: Some((*namespace).to_owned()),
+        }),
+        [
+            "apis",
+            "networking.k8s.io",
+            "v1",
+            "namespaces",
+            namespace,
+            ingress::RESOURCE,
+            name,
+        ] => Some(Target::Object(Key {
+            resource: ingress::RESOURCE.to_owned(),
             namespace: (*namespace).to_owned(),
             name: (*name).to_owned(),
         })),
@@ -364,5 +410,9 @@ mod tests {
         ));
         assert!(parse_target("/api/v1/namespaces/ns/secrets").is_none());
         assert!(parse_target("/apis/apps/v1/deployments").is_none());
+        assert!(matches!(
+            parse_target("/apis/networking.k8s.io/v1/namespaces/ns/ingresses/i"),
+            Some(Target::Object(_))
+        ));
     }
 }

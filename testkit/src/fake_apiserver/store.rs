@@ -212,8 +212,22 @@ impl Store {
             ));
         }
         check_precondition(key, &current, patch)?;
+        self.patch_with(key, |object| {
+            merge(object, patch);
+            Ok(())
+        })
+    }
+
+    /// Changes an object with `change` (a JSON patch, say), keeping its identity fields; a
+    /// failed change leaves it as it was.
+    pub fn patch_with(
+        &mut self,
+        key: &Key,
+        change: impl FnOnce(&mut Value) -> Result<(), ApiError>,
+    ) -> Result<Value, ApiError> {
+        let current = self.get(key)?;
         let mut object = current.clone();
-        merge(&mut object, patch);
+        change(&mut object)?;
         for field in ["name", "namespace", "uid", "creationTimestamp"] {
             metadata(&mut object).insert(field.into(), current["metadata"][field].clone());
         }
@@ -380,6 +394,7 @@ fn metadata(object: &mut Value) -> &mut Map<String, Value> {
 pub(crate) fn type_of(resource: &str) -> (&'static str, &'static str) {
     match resource {
         "events" => ("v1", "Event"),
+        super::ingress::RESOURCE => (super::ingress::GROUP_VERSION, "Ingress"),
         _ => ("v1", "ConfigMap"),
     }
 }

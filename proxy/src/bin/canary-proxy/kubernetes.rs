@@ -1,28 +1,22 @@
 //! `--configmap NAMESPACE/NAME`: the ConfigMap, followed through the Kubernetes API, feeds the
-//! same validation and hot swap as a file; a rollback decided here is written back to it so
-//! that every replica and every restart agrees. (The API code itself is the
-//! `canary-controller` crate's; this is the wiring.)
+//! same validation and hot swap as a file; a rollback decided here is recorded in it so that
+//! every replica and every restart agrees, until a person resumes it or a new canary comes
+//! ([`persist`] decides which rollback applies and what the ConfigMap still needs). (The API
+//! code itself is the `canary-controller` crate's; this is the wiring.)
 
-use std::collections::BTreeMap;
+mod persist;
+
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use canary_controller::{
-    Client, ConfigMapRef, EventKind, ROLLBACK_REASON_ANNOTATION, ROLLED_BACK_AT_ANNOTATION,
-    RollbackRecord, SourceEvent,
-};
-use canary_proxy::config::Color;
-use canary_proxy::route::RolledBack;
-use canary_proxy::runtime::{RollbackEvent, Runtime};
+use canary_controller::{Client, ConfigMapRef, EventKind, SourceEvent};
+use canary_proxy::runtime::Runtime;
 use futures_util::StreamExt;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
 
-/// Write-back attempts per rollback before giving up (the controller retries within each).
-const WRITE_BACK_ATTEMPTS: u32 = 5;
+use persist::{Content, Persister, rollback_to_apply};
 
 /// Connects to the API server and starts following `target`; the runtime is not ready until
 /// the ConfigMap's first good content has been applied.
@@ -47,140 +41,100 @@ async fn follow(
     cm: ConfigMapRef,
     shutdown: impl Future<Output = ()>,
 ) {
-    // The data last applied, for the write-back's check that the canary is unchanged.
-    let (applied_tx, applied) = watch::channel(BTreeMap::new());
-    let writer = tokio::spawn(write_backs(
-        client.clone(),
-        cm.clone(),
-        runtime.subscribe_rollbacks(),
-        applied,
-    ));
+    let mut persister = Persister::new(client.clone(), cm.clone());
+    let mut rollbacks = runtime.subscribe_rollbacks();
     let events = canary_controller::watch(client.clone(), cm.clone());
     tokio::pin!(events, shutdown);
     loop {
-        let event = tokio::select! {
+        tokio::select! {
             event = events.next() => match event {
-                Some(event) => event,
+                Some(event) => on_source_event(&runtime, &client, &cm, &mut persister, event),
                 None => break,
             },
+            // A rollback here: the table already says so; the persister writes the record.
+            rollback = rollbacks.recv() => {
+                if let Err(broadcast::error::RecvError::Closed) = rollback {
+                    break;
+                }
+            }
+            () = persister.next_wake() => {}
             () = &mut shutdown => break,
-        };
-        match event {
-            SourceEvent::Applied {
+        }
+        persister.reconcile(&runtime);
+    }
+    persister.abort();
+}
+
+fn on_source_event(
+    runtime: &Runtime,
+    client: &Client,
+    cm: &ConfigMapRef,
+    persister: &mut Persister,
+    event: SourceEvent,
+) {
+    match event {
+        SourceEvent::Applied {
+            data,
+            annotations,
+            resource_version,
+        } => {
+            let content = Content {
                 data,
                 annotations,
                 resource_version,
-            } => {
-                let persisted = persisted_rollback(&data, &annotations);
-                match runtime.apply(&data, &resource_version, persisted) {
-                    Ok(()) => {
-                        runtime.set_source_state(true, format!("watching ConfigMap {cm}"));
-                        applied_tx.send_replace(data);
-                    }
-                    Err(e) => {
-                        let (client, cm) = (client.clone(), cm.clone());
-                        let message = format!("revision {resource_version} rejected: {e}");
-                        tokio::spawn(async move {
-                            canary_controller::record_event(
-                                &client,
-                                &cm,
-                                EventKind::ConfigRejected,
-                                &message,
-                            )
-                            .await;
-                        });
-                    }
-                }
-            }
-            SourceEvent::Missing => runtime.set_source_state(
-                true,
-                format!("ConfigMap {cm} does not exist yet; waiting for it"),
-            ),
-            SourceEvent::Deleted => runtime.set_source_state(
-                true,
-                format!("ConfigMap {cm} was deleted; serving the last good configuration"),
-            ),
-            SourceEvent::Disconnected { error } => runtime.set_source_state(
-                false,
-                format!(
-                    "Kubernetes API unreachable ({error}); serving the last good configuration"
-                ),
-            ),
-            SourceEvent::Reconnected => {
-                runtime.set_source_state(true, format!("watching ConfigMap {cm}"));
-            }
-        }
-    }
-    writer.abort();
-}
-
-/// A rollback the ConfigMap records: its annotation is there and the weight is still 0. A
-/// user resumes by setting a weight (and removing the annotations).
-fn persisted_rollback(
-    data: &BTreeMap<String, String>,
-    annotations: &BTreeMap<String, String>,
-) -> Option<RolledBack> {
-    let at = annotations.get(ROLLED_BACK_AT_ANNOTATION)?;
-    let weight = data.get("canary-weight").map_or("0", |w| w.trim());
-    if weight != "0" {
-        return None;
-    }
-    let stable = match data.get("stable").map(|s| s.trim()) {
-        Some("green") => Color::Green,
-        _ => Color::Blue,
-    };
-    Some(RolledBack {
-        color: stable.other(),
-        reason: annotations
-            .get(ROLLBACK_REASON_ANNOTATION)
-            .cloned()
-            .unwrap_or_default(),
-        at: at.clone(),
-    })
-}
-
-/// Writes each rollback of this replica to the ConfigMap and records an Event for it.
-async fn write_backs(
-    client: Client,
-    cm: ConfigMapRef,
-    mut rollbacks: broadcast::Receiver<RollbackEvent>,
-    applied: watch::Receiver<BTreeMap<String, String>>,
-) {
-    loop {
-        let event = match rollbacks.recv().await {
-            Ok(event) => event,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let upstream_key = format!("{}.upstream", event.canary);
-        let record = RollbackRecord {
-            canary_color: event.canary.as_str().to_owned(),
-            // The value as written in the ConfigMap, which is what the write-back compares.
-            canary_upstream: applied
-                .borrow()
-                .get(&upstream_key)
-                .cloned()
-                .unwrap_or_else(|| event.canary_upstream.clone()),
-            reason: event.reason.clone(),
-            at: event.at.clone(),
-            seen_resource_version: event.revision.to_string(),
-        };
-        for attempt in 1..=WRITE_BACK_ATTEMPTS {
-            match canary_controller::write_back(&client, &cm, &record).await {
-                Ok(outcome) => {
-                    info!(configmap = %cm, ?outcome, "rollback write-back finished");
-                    break;
-                }
-                Err(e) if attempt < WRITE_BACK_ATTEMPTS => {
-                    warn!(configmap = %cm, error = %e, attempt, "rollback not written back yet; retrying");
-                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+            };
+            // Decided on the very table the new one replaces: a rollback after that moment is
+            // carried by the runtime's compare-and-swap.
+            let rollback =
+                |table: Option<&_>| rollback_to_apply(&content, persister.accepted.as_ref(), table);
+            let rv = &content.resource_version;
+            match runtime.apply(&content.data, rv, rollback) {
+                Ok(()) => {
+                    runtime.set_source_state(true, format!("watching ConfigMap {cm}"));
+                    persister.accepted = Some(content.clone());
                 }
                 Err(e) => {
-                    warn!(configmap = %cm, error = %e, "rollback not written back; giving up")
+                    let message = format!("revision {rv} rejected: {e}");
+                    spawn_event(client, cm, EventKind::ConfigRejected, message);
                 }
             }
+            persister.seen = Some(content);
+            persister.prompt();
         }
-        let message = format!("{} rolled back: {}", event.canary, event.reason);
-        canary_controller::record_event(&client, &cm, EventKind::RolledBack, &message).await;
+        SourceEvent::Missing => runtime.set_source_state(
+            true,
+            format!("ConfigMap {cm} does not exist yet; waiting for it"),
+        ),
+        SourceEvent::Deleted => {
+            persister.seen = None;
+            runtime.set_source_state(
+                true,
+                format!("ConfigMap {cm} was deleted; serving the last good configuration"),
+            );
+        }
+        SourceEvent::Disconnected { error } => runtime.set_source_state(
+            false,
+            format!("Kubernetes API unreachable ({error}); serving the last good configuration"),
+        ),
+        SourceEvent::WatchFailing { error } => runtime.set_source_state(
+            false,
+            format!(
+                "ConfigMap {cm} can be listed but not watched ({error}); relisting with backoff, \
+                 so changes arrive up to 30 s late"
+            ),
+        ),
+        SourceEvent::Reconnected => {
+            runtime.set_source_state(true, format!("watching ConfigMap {cm}"));
+            // A rollback that could not be written during the outage is written now.
+            persister.prompt();
+        }
     }
+}
+
+/// Records an Event in its own task: a courtesy to the operator that never holds anything up.
+fn spawn_event(client: &Client, cm: &ConfigMapRef, kind: EventKind, message: String) {
+    let (client, cm) = (client.clone(), cm.clone());
+    tokio::spawn(async move {
+        canary_controller::record_event(&client, &cm, kind, &message).await;
+    });
 }
