@@ -283,7 +283,12 @@ async fn streams_cancelled_after_they_went_upstream_close_the_connection() {
     let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
     let ended =
         ended.unwrap_or_else(|_| panic!("the connection is still open after {opened} streams"));
-    assert!(ended.unwrap().is_ok(), "closed without a GOAWAY");
+    assert!(ended.unwrap().is_ok(), "the connection ended in an error");
+    let refused = client.ready().await.err();
+    assert!(
+        refused.as_ref().is_some_and(h2::Error::is_go_away),
+        "closed without a GOAWAY: {refused:?}"
+    );
     let reached = upstream.requests() - warm;
     let after = procfs::rss_kib(proxy.pid());
     eprintln!(
