@@ -315,8 +315,8 @@ async fn streams_cancelled_at_their_deadline_on_a_slow_upstream_are_not_an_attac
     let upstream = RecordingUpstream::start().await;
     let proxy = proxy_to(&upstream).await;
     upstream.set_delay(Duration::from_secs(3));
-    // A gRPC client with a short deadline: each call is cancelled after a bit more than a
-    // second, while the upstream is still working on it. 150 of them, 75 at a time.
+    // A gRPC client with a short deadline: each call is cancelled after 1.5 s, while the
+    // upstream is still working on it. 150 of them, 75 at a time.
     let (mut client, connection) = h2_client(proxy.addr).await;
     for _ in 0..2 {
         let mut streams = Vec::new();
@@ -325,7 +325,7 @@ async fn streams_cancelled_at_their_deadline_on_a_slow_upstream_are_not_an_attac
             let (response, stream) = client.send_request(get(proxy.addr), true).unwrap();
             streams.push((response, stream));
         }
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         for (_, mut stream) in streams {
             stream.send_reset(h2::Reason::CANCEL);
         }

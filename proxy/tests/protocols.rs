@@ -400,7 +400,7 @@ async fn idle_tunnels_are_closed_and_their_number_is_capped() {
         &[
             ("blue.upstream", &authority),
             ("green.upstream", &authority),
-            ("timeout.tunnel-idle", "400ms"),
+            ("timeout.tunnel-idle", "1s"),
             ("limit.tunnels", "1"),
         ],
     )
@@ -411,7 +411,7 @@ async fn idle_tunnels_are_closed_and_their_number_is_capped() {
     let (_, refused) = upgrade(proxy.addr).await;
     assert!(refused.starts_with("http/1.1 503"), "{refused}");
     // Traffic keeps it open past several idle timeouts...
-    for _ in 0..8 {
+    for _ in 0..16 {
         echo(&mut tcp, b"ping").await;
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -515,7 +515,7 @@ async fn h2c_opens_another_connection_when_the_streams_run_out() {
         .unwrap();
     // One call first, so the upstream's SETTINGS (2 streams) is known.
     assert_eq!(proxy.client().get("/", &[]).await.unwrap().status, 200);
-    upstream.set_delay(Duration::from_millis(300));
+    upstream.set_delay(Duration::from_secs(1));
     let calls: Vec<_> = (0..8)
         .map(|_| {
             let client = proxy.client();
