@@ -512,6 +512,8 @@ pub struct Detecting<T> {
     inner: T,
     /// Bytes seen so far while they follow the preface; `None` once the protocol is known.
     matched: Option<usize>,
+    /// The length of the HTTP/2 client's first frame, as far as its bytes have come.
+    frame_length: u32,
     deadline: Instant,
     /// Armed the first time a read waits before the protocol is known.
     timer: Option<Pin<Box<Sleep>>>,
@@ -526,6 +528,7 @@ impl<T> Detecting<T> {
         Detecting {
             inner,
             matched: Some(0),
+            frame_length: 0,
             deadline: now + timeout,
             timer: None,
             activity: Arc::new(Activity {
@@ -536,15 +539,25 @@ impl<T> Detecting<T> {
     }
 
     /// Follows the preface as hyper-util does: the protocol is known at the first byte that
-    /// differs from it, or at the end of the stream; HTTP/2 once a frame header has followed
-    /// the preface.
+    /// differs from it, or at the end of the stream; HTTP/2 once the whole first frame (the
+    /// client's SETTINGS) has followed the preface.
     fn saw(&mut self, read: &[u8]) {
         let Some(seen) = self.matched else { return };
         let n = read.len().min(H2_PREFACE.len().saturating_sub(seen));
+        // The first frame's length: the three bytes after the preface.
+        let length_at = H2_PREFACE.len()..H2_PREFACE.len() + 3;
+        for (_, &byte) in (seen..)
+            .zip(read)
+            .skip_while(|(at, _)| *at < length_at.start)
+            .take_while(|(at, _)| length_at.contains(at))
+        {
+            self.frame_length = self.frame_length << 8 | u32::from(byte);
+        }
         let seen_now = seen + read.len();
+        let frame_end = H2_PREFACE.len() + FRAME_HEADER + self.frame_length as usize;
         let known = read.is_empty()
             || read[..n] != H2_PREFACE[seen..seen + n]
-            || seen_now >= H2_PREFACE.len() + FRAME_HEADER;
+            || seen_now >= frame_end.max(H2_PREFACE.len() + FRAME_HEADER);
         if known {
             self.matched = None;
             self.timer = None;
@@ -687,9 +700,14 @@ mod tests {
         // HTTP/1.1 from the first byte.
         assert!(read_after(b"G").await.is_ok());
         assert!(read_after(b"PRX").await.is_ok());
-        // HTTP/2 once its first frame has begun: the preface alone is not enough.
+        // HTTP/2 once its first frame is in: the preface alone, or with half a SETTINGS frame,
+        // is not enough.
         assert!(timed_out(read_after(H2_PREFACE).await));
-        let settings = [H2_PREFACE, &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat();
+        let header = [0, 0, 6, 4, 0, 0, 0, 0, 0];
+        assert!(timed_out(read_after(&[H2_PREFACE, &header].concat()).await));
+        let settings = [H2_PREFACE, &header, &[0, 3, 0, 0, 0, 100]].concat();
         assert!(read_after(&settings).await.is_ok());
+        let empty = [H2_PREFACE, &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat();
+        assert!(read_after(&empty).await.is_ok());
     }
 }
