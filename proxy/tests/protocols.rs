@@ -513,12 +513,14 @@ async fn h2c_opens_another_connection_when_the_streams_run_out() {
     let proxy = ProxyProcess::start_with(bin(), Source::File(&config), &["--workers", "1"])
         .await
         .unwrap();
-    // One call first, so the upstream's SETTINGS (2 streams) is known.
-    assert_eq!(proxy.client().get("/", &[]).await.unwrap().status, 200);
+    // One call first, so the upstream's SETTINGS (2 streams) is known; then 8 at once on one
+    // multiplexed client connection.
+    let client = HttpClient::http2(proxy.addr);
+    assert_eq!(client.get("/", &[]).await.unwrap().status, 200);
     upstream.set_delay(Duration::from_secs(1));
     let calls: Vec<_> = (0..8)
         .map(|_| {
-            let client = proxy.client();
+            let client = client.clone();
             tokio::spawn(async move { client.get("/", &[]).await })
         })
         .collect();
