@@ -11,13 +11,12 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use canary_proxy::headers::Scheme;
-use canary_proxy::listener::{ClientConn, Limits, http_builder, serve_connection};
+use canary_proxy::listener::{ClientConn, Limits, http_builder, serve_connection, shutdown_pair};
 use canary_proxy::metrics::Metrics;
 use canary_proxy::runtime::Runtime;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -93,17 +92,17 @@ fuzz_target!(|data: &[u8]| {
     let (runtime, builder) = &*PROXY;
     RT.block_on(async {
         let (client, server) = tokio::io::duplex(64 * 1024);
+        let (_shutdown, drain) = shutdown_pair();
         let conn = ClientConn::new(
             runtime.clone(),
             "127.0.0.1:9".parse().unwrap(),
             Scheme::Http,
+            drain,
         );
-        let graceful = GracefulShutdown::new();
         let serving = tokio::spawn(serve_connection(
             TokioIo::new(server),
             conn,
             builder.clone(),
-            graceful.watcher(),
         ));
         let (mut read, mut write) = tokio::io::split(client);
         let input = data.to_vec();

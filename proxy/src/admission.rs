@@ -22,6 +22,11 @@ pub fn admit(head: &mut request::Parts, policy: &ClientPolicy) -> Result<(), Ref
         // TRACE would reflect headers (cookies included) back to a script.
         return Err((StatusCode::METHOD_NOT_ALLOWED, "TRACE is not allowed\n"));
     }
+    if head.method == Method::CONNECT {
+        // A reverse proxy opens no tunnels to arbitrary hosts; refused at once, not left
+        // waiting for an upstream that would not know what to do with it.
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not allowed\n"));
+    }
     let uri = &head.uri;
     let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len())
@@ -87,6 +92,10 @@ mod tests {
             max_body: Some(1024),
             body_timeout: Duration::from_secs(1),
             trusted_hops: 0,
+            trusted_cidrs: Vec::new(),
+            idle_timeout: Duration::from_secs(1),
+            tunnel_idle: Duration::from_secs(1),
+            max_tunnels: None,
         };
         let (mut head, ()) = req.into_parts();
         admit(&mut head, &policy).map(|()| head).map_err(|(s, _)| s)
@@ -102,6 +111,18 @@ mod tests {
                     .method("TRACE")
                     .uri("/")
                     .header("host", "a")
+                    .body(())
+                    .unwrap()
+            )
+            .unwrap_err(),
+            405
+        );
+        assert_eq!(
+            check(
+                Request::builder()
+                    .method("CONNECT")
+                    .uri("example.com:443")
+                    .header("host", "example.com:443")
                     .body(())
                     .unwrap()
             )

@@ -4,11 +4,11 @@
 
 use std::net::IpAddr;
 
-use http::header::Entry;
 use http::header::{
-    CONNECTION, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    CONNECTION, COOKIE, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
     TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
 };
+use http::header::{Entry, OccupiedEntry};
 use http::uri::{Authority, PathAndQuery, Scheme as UriScheme, Uri};
 use http::{HeaderMap, Request, Version, request, response};
 
@@ -40,15 +40,10 @@ impl Scheme {
 }
 
 /// Rewrites a client request's head for the upstream, whatever its protocol. `client` is the
-/// client's address as a header value. With `trusted_hops` at 0 the client's own
-/// `X-Forwarded-*` and `Forwarded` are discarded, since anyone can send them; otherwise they
-/// were set by a trusted proxy in front and are kept.
-pub fn to_upstream(
-    head: &mut request::Parts,
-    client: &HeaderValue,
-    scheme: Scheme,
-    trusted_hops: u32,
-) {
+/// client's address as a header value. Unless `trusted` (the connection comes from a trusted
+/// proxy in front) the client's own `X-Forwarded-*` and `Forwarded` are discarded, since
+/// anyone can send them; otherwise they are kept and appended to.
+pub fn to_upstream(head: &mut request::Parts, client: &HeaderValue, scheme: Scheme, trusted: bool) {
     let via = via_value(head.version);
     // One pass over the names: most requests carry none of the headers looked for below.
     let (mut hop, mut forwarded) = (false, false);
@@ -56,7 +51,7 @@ pub fn to_upstream(
         hop |= is_hop_by_hop(name);
         forwarded |= is_forwarding(name);
     }
-    if forwarded && trusted_hops == 0 {
+    if forwarded && !trusted {
         for name in [
             &X_FORWARDED_FOR,
             &X_FORWARDED_PROTO,
@@ -85,7 +80,7 @@ pub fn to_upstream(
     if let Some(authority) = authority {
         head.headers.insert(HOST, authority);
     }
-    let keep_forwarded = forwarded && trusted_hops > 0;
+    let keep_forwarded = forwarded && trusted;
     if let Some(host) = head.headers.get(HOST).cloned()
         && !(keep_forwarded && head.headers.contains_key(&X_FORWARDED_HOST))
     {
@@ -119,11 +114,15 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == TE
         || name == TRANSFER_ENCODING
         || name == UPGRADE
-        || name == TRAILER
         || name == PROXY_AUTHORIZATION
         || name == PROXY_AUTHENTICATE
         || name == KEEP_ALIVE
         || name == PROXY_CONNECTION
+}
+
+/// Fields a `Connection` option may not remove: the proxy must send them on.
+fn is_end_to_end(name: &HeaderName) -> bool {
+    name == HOST || name == VIA || name == TRAILER || is_forwarding(name)
 }
 
 fn is_forwarding(name: &HeaderName) -> bool {
@@ -133,9 +132,11 @@ fn is_forwarding(name: &HeaderName) -> bool {
         || name == FORWARDED
 }
 
-/// Puts a request in HTTP/1.1 form: origin-form target, `Host` header, no `TE`.
+/// Puts a request in HTTP/1.1 form: origin-form target, `Host` header, no `TE`, and HTTP/2's
+/// separate `cookie` fields joined into one (RFC 9113 §8.2.3).
 pub fn for_http1<B>(req: &mut Request<B>) {
     req.headers_mut().remove(TE);
+    join_cookies(req.headers_mut());
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         if !req.headers().contains_key(HOST)
             && let Some(Ok(host)) = req
@@ -169,6 +170,19 @@ pub fn for_h2<B>(req: &mut Request<B>, upstream: &UpstreamAddr) {
     *req.version_mut() = Version::HTTP_2;
 }
 
+/// Joins several `cookie` fields into one with `; `, as an HTTP/1.1 server expects one line.
+fn join_cookies(headers: &mut HeaderMap) {
+    let Entry::Occupied(mut entry) = headers.entry(COOKIE) else {
+        return;
+    };
+    if entry.iter().nth(1).is_none() {
+        return;
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined(&entry, b"; ")) {
+        entry.insert(value);
+    }
+}
+
 fn path_of(uri: &Uri) -> PathAndQuery {
     uri.path_and_query()
         .cloned()
@@ -184,7 +198,9 @@ pub fn to_client(head: &mut response::Parts) {
 }
 
 /// Removes the headers that describe one connection, not the message, and those named in
-/// `Connection`.
+/// `Connection`, except the ones the proxy itself must send on (a `Connection` option only
+/// names hop-by-hop fields, RFC 9110 §7.6.1). `Trailer` describes the message and stays
+/// (§6.6.2).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -193,6 +209,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !is_end_to_end(name))
             .collect();
         for name in named {
             headers.remove(name);
@@ -203,7 +220,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &TE,
-        &TRAILER,
         &TRANSFER_ENCODING,
         &UPGRADE,
         &PROXY_AUTHORIZATION,
@@ -221,14 +237,15 @@ fn via_value(version: Version) -> HeaderValue {
     })
 }
 
-/// Appends `value` to a comma-list header, as one field.
+/// Appends `value` to a comma-list header, as one field: several field lines of the list
+/// are one list (RFC 9110 §5.3), so all of them are kept, in order.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
     match headers.entry(name) {
         Entry::Vacant(entry) => {
             entry.insert(value);
         }
         Entry::Occupied(mut entry) => {
-            let mut joined = entry.get().as_bytes().to_vec();
+            let mut joined = joined(&entry, b", ");
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(value.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&joined) {
@@ -236,6 +253,18 @@ fn append(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
             }
         }
     }
+}
+
+/// The field lines of `entry` as one value, separated by `separator`.
+fn joined(entry: &OccupiedEntry<'_, HeaderValue>, separator: &[u8]) -> Vec<u8> {
+    let mut joined = Vec::new();
+    for value in entry.iter() {
+        if !joined.is_empty() {
+            joined.extend_from_slice(separator);
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    joined
 }
 
 #[cfg(test)]
@@ -263,7 +292,7 @@ mod tests {
             &mut head,
             &client_value("10.0.0.9".parse().unwrap()),
             Scheme::Http,
-            1,
+            true,
         );
         let mut req = Request::from_parts(head, ());
         for_http1(&mut req);
@@ -300,7 +329,7 @@ mod tests {
             &mut head,
             &client_value("::ffff:127.0.0.1".parse().unwrap()),
             Scheme::Https,
-            0,
+            false,
         );
         assert_eq!(head.headers["host"], "api.example:8080");
         assert_eq!(head.headers["x-forwarded-for"], "127.0.0.1");
@@ -324,7 +353,7 @@ mod tests {
             &mut head,
             &client_value("10.0.0.1".parse().unwrap()),
             Scheme::Http,
-            0,
+            false,
         );
         let mut req = Request::from_parts(head, ());
         let upstream = UpstreamAddr {
@@ -357,7 +386,7 @@ mod tests {
             &mut head,
             &client_value("127.0.0.2".parse().unwrap()),
             Scheme::Http,
-            0,
+            false,
         );
         let h = &head.headers;
         assert_eq!(h["x-forwarded-for"], "127.0.0.2");
@@ -384,5 +413,52 @@ mod tests {
         assert!(!head.headers.contains_key("x-backend"));
         assert!(!head.headers.contains_key("keep-alive"));
         assert_eq!(head.headers["via"], "1.1 upstream, 1.1 canary-proxy");
+    }
+
+    #[test]
+    fn several_forwarded_for_lines_are_one_list() {
+        let req = Request::get("/")
+            .header("host", "x")
+            .header("x-forwarded-for", "1.1.1.1")
+            .header("x-forwarded-for", "2.2.2.2")
+            .body(())
+            .unwrap();
+        let (mut head, ()) = req.into_parts();
+        let client = client_value("127.0.0.1".parse().unwrap());
+        to_upstream(&mut head, &client, Scheme::Http, true);
+        let all: Vec<_> = head.headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["1.1.1.1, 2.2.2.2, 127.0.0.1"]);
+    }
+
+    #[test]
+    fn connection_options_never_remove_what_the_proxy_must_send() {
+        let req = Request::get("/")
+            .header("host", "example")
+            .header("connection", "host, via, x-forwarded-host, trailer, close")
+            .header("trailer", "x-checksum")
+            .body(())
+            .unwrap();
+        let (mut head, ()) = req.into_parts();
+        let client = client_value("127.0.0.1".parse().unwrap());
+        to_upstream(&mut head, &client, Scheme::Http, false);
+        let h = &head.headers;
+        assert_eq!(h["host"], "example");
+        assert_eq!(h["x-forwarded-host"], "example");
+        assert_eq!(h["via"], "1.1 canary-proxy");
+        assert_eq!(h["trailer"], "x-checksum");
+        assert!(!h.contains_key("connection"));
+    }
+
+    #[test]
+    fn http2_cookie_fields_are_joined_for_http1() {
+        let mut req = Request::get("http://x/")
+            .version(Version::HTTP_2)
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(())
+            .unwrap();
+        for_http1(&mut req);
+        let all: Vec<_> = req.headers().get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2"]);
     }
 }

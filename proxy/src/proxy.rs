@@ -1,25 +1,30 @@
 //! One request's way through the proxy, in order: admission, route choice, header rewrite,
 //! the upstream exchange, response accounting (which may trip the rollback), and the failover
 //! of a request that never reached the canary. Upgraded connections (WebSocket) become a byte tunnel to the
-//! color that accepted them.
+//! color that accepted them, closed when idle or when the drain timeout has passed. A request
+//! that expects `100-continue` sends its body only once the upstream has asked for it.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, UPGRADE};
-use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http::header::{CONNECTION, CONTENT_TYPE, EXPECT, HeaderValue, UPGRADE};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::debug;
 
 use crate::accounting::Outcome;
 use crate::admission;
 use crate::body::{ClientFault, Judged, Pending, RequestBody, ResponseBody};
-use crate::config::Color;
+use crate::config::{Color, Protocol};
 use crate::headers;
-use crate::listener::ClientConn;
+use crate::listener::{ClientConn, TunnelSlot};
 use crate::metrics::ErrorKind;
 use crate::route::{Choice, RouteTable};
 use crate::runtime::Runtime;
@@ -48,30 +53,74 @@ async fn respond(conn: &ClientConn, mut req: Request<Incoming>) -> Response<Resp
     let (mut head, body) = req.into_parts();
     let policy = &table.config.client;
     if let Err((status, text)) = admission::admit(&mut head, policy) {
-        return local(status, text);
+        let mut refused = local(status, text);
+        if head.method == Method::CONNECT {
+            // Whatever the client sends next would be tunnel bytes, not a request.
+            refused
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        return refused;
     }
+    let tunnel = match upgrade {
+        Some((protocol, client)) => match conn.drain.open_tunnel(policy.max_tunnels) {
+            Some(slot) => Some((protocol, client, slot)),
+            None => return local(StatusCode::SERVICE_UNAVAILABLE, "too many open tunnels\n"),
+        },
+        None => None,
+    };
+    let choice = table.choose(&head.headers);
+    let color = choice.color;
     let mut body = RequestBody::new(body, policy);
-    if head.version != Version::HTTP_2
+    if head.version == Version::HTTP_11 && expects_continue(&head.headers) {
+        // Reading the body would answer 100 before any upstream was asked. An HTTP/1.1
+        // upstream is sent the expectation and the body waits for its 100; over h2c the
+        // client gets its 100 once the stream to the upstream is open.
+        if table.config.protocol(color) == Protocol::Http1 {
+            body.hold_until_continue();
+        }
+    } else if head.version != Version::HTTP_2
         && let Err(fault) = body.read_first().await
     {
         // Broken framing or a stalled client, seen before anything went upstream.
         return client_fault(fault);
     }
-    let choice = table.choose(&head.headers);
     headers::to_upstream(
         &mut head,
         &conn.client_value,
         conn.scheme,
-        policy.trusted_hops,
+        policy.trusts(conn.peer.ip()),
     );
-    if let Some((protocol, _)) = &upgrade {
+    let tunnel = tunnel.map(|(protocol, client, slot)| {
         head.headers
             .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        head.headers.insert(UPGRADE, protocol.clone());
-    }
+        head.headers.insert(UPGRADE, protocol);
+        Tunnel {
+            client,
+            slot,
+            idle: policy.tunnel_idle,
+        }
+    });
     let req = Request::from_parts(head, body);
     let runtime = runtime.clone();
-    forward(runtime, &table, choice, req, upgrade.map(|(_, on)| on)).await
+    forward(runtime, &table, choice, req, tunnel).await
+}
+
+/// The client side of a tunnel the request asks for, and what it may use.
+struct Tunnel {
+    /// The client's connection, once it is handed over.
+    client: OnUpgrade,
+    /// Its place under `limit.tunnels` and in the drain.
+    slot: TunnelSlot,
+    /// `timeout.tunnel-idle`.
+    idle: Duration,
+}
+
+/// Whether the request asks for `100-continue` (RFC 9110 §10.1.1).
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Sends `req` to the chosen color, and to stable instead if it could not reach the canary.
@@ -80,7 +129,7 @@ async fn forward(
     table: &Arc<RouteTable>,
     mut choice: Choice,
     mut req: Request<RequestBody>,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<Tunnel>,
 ) -> Response<ResponseBody> {
     let config = &table.config;
     loop {
@@ -179,16 +228,101 @@ fn switching_protocols(response: Response<Incoming>) -> Response<ResponseBody> {
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections until either
-/// side closes.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+/// side closes, no byte has crossed for the idle timeout (checked once per idle period, so an
+/// idle tunnel closes within two of them), or the drain timeout has passed; then shuts both
+/// sides down cleanly.
+async fn tunnel(client: Tunnel, upstream: OnUpgrade) {
+    let Tunnel {
+        client,
+        mut slot,
+        idle,
+    } = client;
     let (client, upstream) = tokio::join!(client, upstream);
     let (Ok(client), Ok(upstream)) = (client, upstream) else {
         debug!("upgrade did not complete");
         return;
     };
-    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        debug!(error = %e, "tunnel ended");
+    let moved = AtomicU64::new(0);
+    let mut client = Counted {
+        inner: TokioIo::new(client),
+        moved: &moved,
+    };
+    let mut upstream = Counted {
+        inner: TokioIo::new(upstream),
+        moved: &moved,
+    };
+    {
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                copied = &mut copy => {
+                    if let Err(e) = copied {
+                        debug!(error = %e, "tunnel ended");
+                    }
+                    return;
+                }
+                () = tokio::time::sleep(idle) => {
+                    let now = moved.load(Relaxed);
+                    if now == seen {
+                        debug!(?idle, "tunnel idle, closing it");
+                        break;
+                    }
+                    seen = now;
+                }
+                () = slot.drain().closing() => break,
+            }
+        }
+    }
+    for side in [
+        &mut client.inner as &mut (dyn AsyncWrite + Unpin + Send),
+        &mut upstream.inner,
+    ] {
+        let _ = tokio::time::timeout(TUNNEL_CLOSE, side.shutdown()).await;
+    }
+}
+
+/// How long each side of a tunnel gets to take its close.
+const TUNNEL_CLOSE: Duration = Duration::from_secs(1);
+
+/// One side of a tunnel, counting the bytes read from it.
+struct Counted<'a, T> {
+    inner: T,
+    moved: &'a AtomicU64,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.moved.fetch_add(read as u64, Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -204,7 +338,7 @@ fn grpc_outcome(response: &Response<Incoming>) -> Option<GrpcOutcome> {
         && response
             .headers()
             .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            .is_some_and(|v| is_grpc(v.as_bytes()));
     if !grpc {
         return None;
     }
@@ -213,6 +347,15 @@ fn grpc_outcome(response: &Response<Incoming>) -> Option<GrpcOutcome> {
     } else {
         GrpcOutcome::Trailers
     })
+}
+
+/// Whether `content_type` is gRPC's: `application/grpc`, alone or with `+format` or
+/// parameters. gRPC-Web (`application/grpc-web…`) carries its status in the body, not in
+/// trailers, so it is judged as plain HTTP.
+fn is_grpc(content_type: &[u8]) -> bool {
+    content_type
+        .strip_prefix(b"application/grpc")
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
 }
 
 /// The `grpc-status` in `headers`; a missing or unreadable one is UNKNOWN (2), as gRPC says.
@@ -259,4 +402,28 @@ pub fn local(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<Resp
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_web_is_not_grpc() {
+        for grpc in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;x=1",
+        ] {
+            assert!(is_grpc(grpc.as_bytes()), "{grpc}");
+        }
+        for other in [
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/grpc-web-text",
+            "application/json",
+        ] {
+            assert!(!is_grpc(other.as_bytes()), "{other}");
+        }
+    }
 }

@@ -4,21 +4,26 @@
 //! The pools are thread-local: taking and returning a connection is a `Vec` pop and push on
 //! the current thread, with no lock and no atomic contention between workers. An HTTP/1.1
 //! connection goes back to the pool only when its response body has been read to the end, so
-//! an idle connection is always ready for the next request.
+//! an idle connection is always ready for the next request. A worker opens another h2c
+//! connection when the upstream's stream limit is reached on the ones it has.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Request, Response};
+use http::header::{CONTENT_LENGTH, HeaderName, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -27,14 +32,15 @@ use crate::config::{Protocol, Timeouts, UpstreamAddr};
 use crate::headers;
 use crate::metrics::ErrorKind;
 
-/// How long an idle pooled connection is kept. Shorter than the keep-alive timeout of common
-/// upstream servers (Node.js closes after 5 s), so the proxy rarely writes a request to a
-/// connection that the upstream is closing at that moment.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Idle HTTP/1.1 connections kept per upstream per thread.
 const MAX_IDLE: usize = 256;
 /// Attempts when a pooled connection turns out to be closed before the request left.
 const ATTEMPTS: usize = 3;
+/// h2c connections per upstream per thread, at most; past it requests wait for a stream.
+const MAX_H2_CONNECTIONS: usize = 8;
+/// Streams the proxy opens on an h2c connection before the upstream's SETTINGS has said how
+/// many it allows (hyper's own initial limit).
+const INITIAL_STREAMS: usize = 100;
 
 /// One color's upstream.
 #[derive(Debug)]
@@ -68,15 +74,18 @@ pub enum Fault {
     Client(ClientFault),
 }
 
-/// An HTTP/1.1 connection lent to one exchange, returned to the pool when the response is
-/// complete. HTTP/2 exchanges need none: their connection is shared.
+/// What an exchange holds until its response is complete: an HTTP/1.1 connection, returned
+/// to the pool then, or a stream of a shared h2c connection, given back then.
 #[derive(Default)]
-pub struct Lease(Option<(Pooled, u64)>);
+pub struct Lease {
+    conn: Option<(Pooled, u64)>,
+    _stream: Option<StreamSlot>,
+}
 
 impl Lease {
     /// Puts the connection back into this thread's pool.
     pub fn release(self) {
-        if let Some((conn, key)) = self.0
+        if let Some((conn, key)) = self.conn
             && !conn.sender.is_closed()
         {
             put(key, conn);
@@ -88,10 +97,19 @@ impl Lease {
 struct Pooled {
     sender: http1::SendRequest<RequestBody>,
     /// When it went idle (see [`idle_now`]), or 0 while lent out. Shared with the connection's
-    /// task, which closes the connection once it has been idle for [`IDLE_TIMEOUT`]: a pool
-    /// entry is otherwise only looked at when the pool is used, and an idle proxy would keep
-    /// its upstream connections open for ever.
+    /// task, which closes the connection once it has been idle for `idle`: a pool entry is
+    /// otherwise only looked at when the pool is used, and an idle proxy would keep its
+    /// upstream connections open for ever.
     idle_since: Arc<AtomicU64>,
+    /// `timeout.upstream-idle` when it was opened, in milliseconds.
+    idle: u64,
+}
+
+impl Pooled {
+    /// Whether it has been idle too long to be trusted at `now`.
+    fn expired(&self, now: u64) -> bool {
+        now.saturating_sub(self.idle_since.load(Relaxed)) >= self.idle
+    }
 }
 
 /// Milliseconds on a process-wide monotonic clock, never 0 (0 marks a connection in use).
@@ -138,15 +156,35 @@ impl Upstream {
         timeouts: Timeouts,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         headers::for_http1(&mut req);
+        let expect = req.body().expectation().cloned();
+        if let Some(expect) = &expect {
+            let expect = expect.clone();
+            hyper::ext::on_informational(&mut req, move |res| {
+                if res.status() == StatusCode::CONTINUE {
+                    expect.go();
+                }
+            });
+        }
+        let mut replayed = false;
         for _ in 0..ATTEMPTS {
-            let (mut conn, pooled) = match take(self.key) {
+            // After a replay, a fresh connection: the pooled ones may be closing together.
+            let (mut conn, pooled) = match (!replayed).then(|| take(self.key)).flatten() {
                 Some(conn) => (conn, true),
-                None => match self.connect_http1(timeouts.connect).await {
+                None => match self.connect_http1(timeouts).await {
                     Ok(conn) => (conn, false),
                     Err(e) => return Err(e.with_request(req)),
                 },
             };
             let wait = req.body().client_wait();
+            // A pooled connection the upstream closes as the request arrives loses it; a
+            // request that is safe to repeat is kept to be sent again, once.
+            let replay = (pooled && !replayed && idempotent(&req)).then(|| {
+                let mut again = Request::new(RequestBody::empty());
+                *again.method_mut() = req.method().clone();
+                *again.uri_mut() = req.uri().clone();
+                *again.headers_mut() = req.headers().clone();
+                again
+            });
             let sent =
                 upstream_time(timeouts.request, wait, conn.sender.try_send_request(req)).await;
             match sent {
@@ -158,14 +196,27 @@ impl Upstream {
                         request: None,
                     });
                 }
-                Ok(Ok(response)) => return Ok((response, Lease(Some((conn, self.key))))),
-                Ok(Err(mut e)) => match e.take_message() {
+                Ok(Ok(response)) => {
+                    // Refused before its body was asked for: the connection is mid-request.
+                    let reusable = !expect.as_ref().is_some_and(|e| e.refuse());
+                    let lease = Lease {
+                        conn: reusable.then_some((conn, self.key)),
+                        _stream: None,
+                    };
+                    return Ok((response, lease));
+                }
+                Ok(Err(mut e)) => match (e.take_message(), replay) {
                     // The connection closed before the request was written: try another.
-                    Some(unsent) if pooled => {
+                    (Some(unsent), _) if pooled => {
                         debug!(upstream = %self.addr, "pooled connection was closed, retrying");
                         req = unsent;
                     }
-                    unsent => return Err(exchange_failure(e.into_error(), unsent)),
+                    (None, Some(again)) if closed_under(e.error()) => {
+                        debug!(upstream = %self.addr, "pooled connection closed under an idempotent request, sending it again");
+                        replayed = true;
+                        req = again;
+                    }
+                    (unsent, _) => return Err(exchange_failure(e.into_error(), unsent)),
                 },
                 Err(_) => return Err(timeout(timeouts.request)),
             }
@@ -184,19 +235,19 @@ impl Upstream {
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         headers::for_h2(&mut req, &self.addr);
         for _ in 0..ATTEMPTS {
-            let mut sender = match take_h2(self.key) {
-                Some(sender) => sender,
+            let (mut sender, streams) = match take_h2(self.key) {
+                Some(conn) => conn,
                 None => match self.connect_h2(timeouts.connect).await {
-                    Ok(sender) => {
-                        put_h2(self.key, sender.clone());
-                        sender
+                    Ok(conn) => {
+                        put_h2(self.key, conn.clone());
+                        conn
                     }
                     Err(e) => return Err(e.with_request(req)),
                 },
             };
             let wait = req.body().client_wait();
+            let slot = StreamSlot::open(streams.clone());
             let exchange = async {
-                // Waits for a free stream when the upstream's concurrency limit is reached.
                 if let Err(e) = sender.ready().await {
                     return Err((e, Some(req)));
                 }
@@ -206,9 +257,15 @@ impl Upstream {
                 })
             };
             match upstream_time(timeouts.request, wait, exchange).await {
-                Ok(Ok(response)) => return Ok((response, Lease::default())),
+                Ok(Ok(response)) => {
+                    let lease = Lease {
+                        conn: None,
+                        _stream: Some(slot),
+                    };
+                    return Ok((response, lease));
+                }
                 Ok(Err((_, Some(unsent)))) => {
-                    drop_h2(self.key);
+                    drop_h2(self.key, &streams);
                     req = unsent;
                 }
                 Ok(Err((e, None))) => return Err(exchange_failure(e, None)),
@@ -222,14 +279,15 @@ impl Upstream {
         })
     }
 
-    async fn connect_http1(&self, timeout: Duration) -> Result<Pooled, ConnectError> {
-        let stream = self.dial(timeout).await?;
+    async fn connect_http1(&self, timeouts: Timeouts) -> Result<Pooled, ConnectError> {
+        let stream = self.dial(timeouts.connect).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError(ErrorKind::Connect, e.to_string()))?;
         let idle_since = Arc::new(AtomicU64::new(0));
         let idle = idle_since.clone();
+        let timeout = timeouts.upstream_idle;
         tokio::spawn(async move {
             // Upgrades (WebSocket) take the connection over after a 101.
             let conn = conn.with_upgrades();
@@ -242,9 +300,9 @@ impl Upstream {
                         }
                         return;
                     }
-                    () = tokio::time::sleep(IDLE_TIMEOUT) => {
+                    () = tokio::time::sleep(timeout) => {
                         let since = idle.load(Relaxed);
-                        if since != 0 && idle_now().saturating_sub(since) >= IDLE_TIMEOUT.as_millis() as u64 {
+                        if since != 0 && idle_now().saturating_sub(since) >= timeout.as_millis() as u64 {
                             // Dropping the connection closes it; its pool entry reads closed.
                             return;
                         }
@@ -252,14 +310,24 @@ impl Upstream {
                 }
             }
         });
-        Ok(Pooled { sender, idle_since })
+        Ok(Pooled {
+            sender,
+            idle_since,
+            idle: timeout.as_millis() as u64,
+        })
     }
 
-    async fn connect_h2(
-        &self,
-        timeout: Duration,
-    ) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
+    async fn connect_h2(&self, timeout: Duration) -> Result<H2Conn, ConnectError> {
         let stream = self.dial(timeout).await?;
+        let streams = Arc::new(Streams {
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(INITIAL_STREAMS),
+        });
+        let stream = Sniffing {
+            inner: stream,
+            streams: streams.clone(),
+            settings: FirstSettings::default(),
+        };
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
@@ -271,7 +339,7 @@ impl Upstream {
                 debug!(error = %e, "upstream h2 connection ended");
             }
         });
-        Ok(sender)
+        Ok((sender, streams))
     }
 
     async fn dial(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
@@ -363,6 +431,32 @@ fn ambiguous_length(response: &Response<Incoming>) -> bool {
     headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH)
 }
 
+/// Whether an exchange failed because the upstream closed the connection under the request,
+/// before any response: the race of reusing a connection the upstream was closing.
+fn closed_under(error: &hyper::Error) -> bool {
+    error.is_incomplete_message()
+        || std::error::Error::source(error)
+            .and_then(|cause| cause.downcast_ref::<io::Error>())
+            .is_some_and(|e| {
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::ConnectionAborted
+                )
+            })
+}
+
+/// Whether `req` may be sent twice: a bodiless GET, HEAD or OPTIONS, or one the client marked
+/// with an `Idempotency-Key` (what NGINX's `proxy_next_upstream` repeats).
+fn idempotent(req: &Request<RequestBody>) -> bool {
+    req.body().is_end_stream()
+        && (matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+            || req.headers().contains_key(&IDEMPOTENCY_KEY))
+}
+
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 fn timeout(after: Duration) -> Failure {
     Failure {
         fault: Fault::Upstream(ErrorKind::Timeout),
@@ -371,11 +465,151 @@ fn timeout(after: Duration) -> Failure {
     }
 }
 
+/// An h2c connection: its sender, and its streams.
+type H2Conn = (http2::SendRequest<RequestBody>, Arc<Streams>);
+
+/// The streams of one h2c connection: how many are open, and how many the upstream allows.
+#[derive(Debug)]
+struct Streams {
+    open: AtomicUsize,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` from the upstream's first SETTINGS.
+    max: AtomicUsize,
+}
+
+impl Streams {
+    fn free(&self) -> bool {
+        self.open.load(Relaxed) < self.max.load(Relaxed)
+    }
+}
+
+/// One stream counted open on an h2c connection until the exchange ends.
+struct StreamSlot(Arc<Streams>);
+
+impl StreamSlot {
+    fn open(streams: Arc<Streams>) -> StreamSlot {
+        streams.open.fetch_add(1, Relaxed);
+        StreamSlot(streams)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// An h2c upstream's transport, reading the stream limit from the first frame the upstream
+/// sends (its SETTINGS, RFC 9113 §3.4): hyper keeps the limit to itself and queues requests
+/// past it.
+struct Sniffing {
+    inner: TcpStream,
+    streams: Arc<Streams>,
+    settings: FirstSettings,
+}
+
+/// A parser for the first frame, fed as its bytes arrive.
+struct FirstSettings {
+    /// Bytes of the first frame seen so far; `None` once it is over.
+    seen: Option<usize>,
+    header: [u8; 9],
+    entry: [u8; 6],
+    /// Whether the frame named the limit.
+    limited: bool,
+}
+
+impl Default for FirstSettings {
+    fn default() -> Self {
+        FirstSettings {
+            seen: Some(0),
+            header: [0; 9],
+            entry: [0; 6],
+            limited: false,
+        }
+    }
+}
+
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+const MAX_CONCURRENT_STREAMS: [u8; 2] = [0, 3];
+/// The SETTINGS frame type.
+const SETTINGS: u8 = 4;
+
+impl FirstSettings {
+    fn feed(&mut self, bytes: &[u8], streams: &Streams) {
+        for &byte in bytes {
+            let Some(seen) = self.seen else { return };
+            if seen < 9 {
+                self.header[seen] = byte;
+            } else {
+                self.entry[(seen - 9) % 6] = byte;
+                if (seen - 9) % 6 == 5 && self.entry[..2] == MAX_CONCURRENT_STREAMS {
+                    let max = u32::from_be_bytes(self.entry[2..].try_into().expect("4 bytes"));
+                    streams.max.store((max as usize).max(1), Relaxed);
+                    self.limited = true;
+                }
+            }
+            let seen = seen + 1;
+            let length = u32::from_be_bytes([0, self.header[0], self.header[1], self.header[2]]);
+            let over = seen >= 9 && (self.header[3] != SETTINGS || seen == 9 + length as usize);
+            self.seen = (!over).then_some(seen);
+            if over && self.header[3] == SETTINGS && !self.limited {
+                // No limit named: the upstream allows any number.
+                streams.max.store(usize::MAX, Relaxed);
+            }
+        }
+    }
+}
+
+impl AsyncRead for Sniffing {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.settings.seen.is_some() {
+            this.settings.feed(&buf.filled()[before..], &this.streams);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Sniffing {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 thread_local! {
     /// This thread's idle HTTP/1.1 connections, per pool key. Few keys, so a Vec.
     static POOL: RefCell<Vec<(u64, Vec<Pooled>)>> = const { RefCell::new(Vec::new()) };
-    /// This thread's shared HTTP/2 connection, per pool key.
-    static H2: RefCell<Vec<(u64, http2::SendRequest<RequestBody>)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's shared h2c connections, per pool key.
+    static H2: RefCell<Vec<(u64, H2Conn)>> = const { RefCell::new(Vec::new()) };
 }
 
 fn take(key: u64) -> Option<Pooled> {
@@ -384,10 +618,7 @@ fn take(key: u64) -> Option<Pooled> {
         let now = idle_now();
         // Most recently used first: it is the one least likely to have been closed.
         while let Some(conn) = idle.pop() {
-            let since = conn.idle_since.load(Relaxed);
-            if now.saturating_sub(since) < IDLE_TIMEOUT.as_millis() as u64
-                && !conn.sender.is_closed()
-            {
+            if !conn.expired(now) && !conn.sender.is_closed() {
                 conn.idle_since.store(0, Relaxed);
                 return Some(conn);
             }
@@ -408,11 +639,10 @@ fn put(key: u64, conn: Pooled) {
         let now = idle_now();
         // The oldest entry sits at the front; drop it once it is closed, expired, or the pool
         // is full.
-        if idle.first().is_some_and(|c| {
-            idle.len() >= MAX_IDLE
-                || c.sender.is_closed()
-                || now.saturating_sub(c.idle_since.load(Relaxed)) >= IDLE_TIMEOUT.as_millis() as u64
-        }) {
+        if idle
+            .first()
+            .is_some_and(|c| idle.len() >= MAX_IDLE || c.sender.is_closed() || c.expired(now))
+        {
             idle.remove(0);
         }
         conn.idle_since.store(now, Relaxed);
@@ -420,24 +650,32 @@ fn put(key: u64, conn: Pooled) {
     });
 }
 
-fn take_h2(key: u64) -> Option<http2::SendRequest<RequestBody>> {
+/// An open h2c connection to `key` with a free stream. When every one is full: `None` while
+/// fewer than [`MAX_H2_CONNECTIONS`] are open, so that the caller opens another; at the cap,
+/// the least busy one.
+fn take_h2(key: u64) -> Option<H2Conn> {
     H2.with_borrow_mut(|conns| {
-        let i = conns.iter().position(|(k, _)| *k == key)?;
-        if conns[i].1.is_closed() {
-            conns.swap_remove(i);
+        conns.retain(|(k, (sender, _))| *k != key || !sender.is_closed());
+        let mine = || conns.iter().filter(|(k, _)| *k == key).map(|(_, c)| c);
+        if let Some(free) = mine().find(|(_, streams)| streams.free()) {
+            return Some(free.clone());
+        }
+        if mine().count() < MAX_H2_CONNECTIONS {
             return None;
         }
-        Some(conns[i].1.clone())
+        mine()
+            .min_by_key(|(_, streams)| streams.open.load(Relaxed))
+            .cloned()
     })
 }
 
-fn put_h2(key: u64, sender: http2::SendRequest<RequestBody>) {
-    H2.with_borrow_mut(|conns| {
-        conns.retain(|(k, _)| *k != key);
-        conns.push((key, sender));
-    });
+fn put_h2(key: u64, conn: H2Conn) {
+    H2.with_borrow_mut(|conns| conns.push((key, conn)));
 }
 
-fn drop_h2(key: u64) {
-    H2.with_borrow_mut(|conns| conns.retain(|(k, _)| *k != key));
+/// Forgets the h2c connection whose streams are `streams`: it handed a request back unsent.
+fn drop_h2(key: u64, streams: &Arc<Streams>) {
+    H2.with_borrow_mut(|conns| {
+        conns.retain(|(k, (_, s))| *k != key || !Arc::ptr_eq(s, streams));
+    });
 }

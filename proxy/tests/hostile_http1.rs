@@ -227,16 +227,21 @@ async fn slow_and_silent_clients_are_closed_at_the_header_timeout() {
     let proxy = proxy_to(&upstream, &[]).await;
     let pid = proxy.pid();
     let baseline = procfs::open_fds(pid);
-    // A third send nothing, a third trickle a request head, a third trickle an HTTP/2 preface.
+    // A quarter send nothing, a quarter trickle a request head, a quarter trickle an HTTP/2
+    // preface, and a quarter send the whole preface and never their SETTINGS.
     let mut conns = Vec::new();
     for i in 0..60 {
         let mut conn = RawConn::connect(proxy.addr).await.unwrap();
-        match i % 3 {
+        match i % 4 {
             1 => conn.send(b"G").await.unwrap(),
             2 => conn.send(b"PRI").await.unwrap(),
+            3 => conn
+                .send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap(),
             _ => {}
         }
-        conns.push((i % 3, conn));
+        conns.push((i % 4, conn));
     }
     let started = Instant::now();
     // The rest of a request head (then an endless header value), and the rest of the preface.
@@ -514,4 +519,177 @@ async fn the_admin_listener_caps_connections_and_closes_idle_ones() {
         "closed before the timeout"
     );
     assert_eq!(proxy.admin_get("/healthz").await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn forwarded_for_lines_are_one_list_and_trust_follows_the_peer() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(
+        &upstream,
+        &[
+            ("forwarded.trusted-hops", "1"),
+            ("forwarded.trusted-cidrs", "127.0.0.2/32"),
+        ],
+    )
+    .await;
+    let two_lines = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.1.1.1\r\n\
+                      X-Forwarded-For: 2.2.2.2\r\n\r\n";
+    for (peer, xff) in [
+        ([127, 0, 0, 2], "1.1.1.1, 2.2.2.2, 127.0.0.2"),
+        // Not a trusted proxy: what it claims is replaced.
+        ([127, 0, 0, 3], "127.0.0.3"),
+    ] {
+        let peer = IpAddr::V4(Ipv4Addr::from(peer));
+        let mut conn = RawConn::connect_from(peer, proxy.addr).await.unwrap();
+        conn.send(two_lines).await.unwrap();
+        assert_eq!(conn.read_responses(1, WAIT).await.statuses(), [200]);
+        let headers = upstream.last_headers().unwrap();
+        let all: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, [xff], "from {peer}");
+    }
+}
+
+#[tokio::test]
+async fn connection_options_never_strip_host_and_connect_is_refused() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[]).await;
+    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    conn.send(b"GET / HTTP/1.1\r\nHost: example\r\nConnection: host, close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(conn.read_until_closed(WAIT).await.statuses(), [200]);
+    let headers = upstream.last_headers().unwrap();
+    assert_eq!(headers["host"], "example");
+
+    let reply = RawConn::exchange(
+        proxy.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(reply.statuses(), [405], "{}", reply.text());
+    assert_eq!(upstream.requests(), 1, "the CONNECT reached the upstream");
+}
+
+#[tokio::test]
+async fn trailers_pass_both_ways() {
+    // Request trailers reach the upstream.
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[]).await;
+    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    conn.send(
+        b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n\
+          2\r\nhi\r\n0\r\nx-checksum: abc\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(conn.read_responses(1, WAIT).await.statuses(), [200]);
+    let transcript = String::from_utf8_lossy(&upstream.transcript()).to_ascii_lowercase();
+    assert!(
+        transcript.contains("trailer: x-checksum") && transcript.contains("0\r\nx-checksum: abc"),
+        "{transcript}"
+    );
+
+    // Response trailers reach the client.
+    let scripted =
+        canary_testkit::faulty::ScriptedUpstream::start(canary_testkit::faulty::Script::Reply(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-digest\r\n\r\n\
+              2\r\nok\r\n0\r\nx-digest: xyz\r\n\r\n"
+                .to_vec(),
+        ))
+        .await;
+    let authority = scripted.authority();
+    let proxy = ProxyProcess::start(
+        bin(),
+        &[
+            ("blue.upstream", &authority),
+            ("green.upstream", &authority),
+        ],
+    )
+    .await
+    .unwrap();
+    let reply = RawConn::exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    let text = reply.text().to_ascii_lowercase();
+    assert!(
+        text.contains("trailer: x-digest") && text.contains("0\r\nx-digest: xyz"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn expect_100_continue_waits_for_the_upstream() {
+    // An upstream that asks for the body: the client's 100 follows the upstream's.
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[]).await;
+    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    conn.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let interim = conn.read_responses(1, WAIT).await;
+    assert_eq!(interim.statuses(), [100], "{}", interim.text());
+    conn.send(b"hello").await.unwrap();
+    assert_eq!(conn.read_responses(1, WAIT).await.statuses(), [200]);
+    let headers = upstream.last_headers().unwrap();
+    assert_eq!(headers["expect"], "100-continue");
+    assert!(contains(&upstream.transcript(), b"\r\n\r\nhello"));
+
+    // An upstream that refuses: no 100, its answer, and no body sent to it.
+    let refusing =
+        canary_testkit::faulty::ScriptedUpstream::start(canary_testkit::faulty::Script::Reply(
+            b"HTTP/1.1 417 Expectation Failed\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        ))
+        .await;
+    let authority = refusing.authority();
+    let proxy = ProxyProcess::start(
+        bin(),
+        &[
+            ("blue.upstream", &authority),
+            ("green.upstream", &authority),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    conn.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = conn.read_responses(1, WAIT).await;
+    assert_eq!(reply.statuses(), [417], "{}", reply.text());
+}
+
+#[tokio::test]
+async fn idle_keep_alive_outlives_the_header_timeout_but_a_stalled_head_does_not() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream, &[]).await;
+    let (mut idle, mut stalled) = (
+        RawConn::connect(proxy.addr).await.unwrap(),
+        RawConn::connect(proxy.addr).await.unwrap(),
+    );
+    for conn in [&mut idle, &mut stalled] {
+        conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(conn.read_responses(1, WAIT).await.statuses(), [200]);
+    }
+    // A kept-alive connection that begins its next head and stops is closed at the 10 s
+    // header timeout, counted from that first byte...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stalled.send(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let started = Instant::now();
+    let reply = stalled.read_until_closed(Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    assert!(reply.closed, "the stalled head was never timed out");
+    assert!(took > Duration::from_secs(5), "closed after {took:?}");
+    // ...while the idle one, silent just as long, still carries a request (timeout.client-idle
+    // is 75 s, above the 60 s an ingress keeps its upstream connections).
+    idle.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = idle.read_responses(1, WAIT).await;
+    assert_eq!(reply.statuses(), [200], "{}", reply.text());
 }

@@ -281,9 +281,13 @@ async fn streams_cancelled_after_they_went_upstream_close_the_connection() {
         }
     }
     let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    let ended =
+        ended.unwrap_or_else(|_| panic!("the connection is still open after {opened} streams"));
+    assert!(ended.unwrap().is_ok(), "the connection ended in an error");
+    let refused = client.ready().await.err();
     assert!(
-        ended.is_ok(),
-        "the connection is still open after {opened} streams"
+        refused.as_ref().is_some_and(h2::Error::is_go_away),
+        "closed without a GOAWAY: {refused:?}"
     );
     let reached = upstream.requests() - warm;
     let after = procfs::rss_kib(proxy.pid());
@@ -304,6 +308,37 @@ async fn streams_cancelled_after_they_went_upstream_close_the_connection() {
         "RSS {before} -> {after} KiB"
     );
     still_serves(proxy.addr).await;
+}
+
+#[tokio::test]
+async fn streams_cancelled_at_their_deadline_on_a_slow_upstream_are_not_an_attack() {
+    let upstream = RecordingUpstream::start().await;
+    let proxy = proxy_to(&upstream).await;
+    upstream.set_delay(Duration::from_secs(3));
+    // A gRPC client with a short deadline: each call is cancelled after 1.5 s, while the
+    // upstream is still working on it. 150 of them, 75 at a time.
+    let (mut client, connection) = h2_client(proxy.addr).await;
+    for _ in 0..2 {
+        let mut streams = Vec::new();
+        for _ in 0..75 {
+            client = client.ready().await.unwrap();
+            let (response, stream) = client.send_request(get(proxy.addr), true).unwrap();
+            streams.push((response, stream));
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for (_, mut stream) in streams {
+            stream.send_reset(h2::Reason::CANCEL);
+        }
+    }
+    upstream.set_delay(Duration::ZERO);
+    client = client.ready().await.unwrap();
+    let (response, _) = client.send_request(get(proxy.addr), true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response).await;
+    assert!(
+        matches!(&response, Ok(Ok(r)) if r.status() == 200),
+        "the connection did not survive: {response:?}"
+    );
+    assert!(!connection.is_finished());
 }
 
 /// An `h2` client connection to `addr`, its connection task spawned.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use canary_testkit::client::HttpClient;
+use canary_testkit::faulty::{RecordingUpstream, Script, ScriptedUpstream};
 use canary_testkit::grpc::{GrpcUpstream, message};
 use canary_testkit::proxy::{ProxyProcess, Source};
 use canary_testkit::upstream::TestUpstream;
@@ -215,6 +216,45 @@ async fn grpc_round_trip_keeps_trailers_and_a_failing_status_rolls_back() {
     assert_eq!(green.served(), 10);
 }
 
+/// Asks for a WebSocket through the proxy at `addr`: the connection, and the response head in
+/// lower case.
+async fn upgrade(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: chat.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    (tcp, String::from_utf8(head).unwrap().to_ascii_lowercase())
+}
+
+/// Sends `message` into a tunnel to an echo upstream and reads it back.
+async fn echo(tcp: &mut TcpStream, message: &[u8]) {
+    tcp.write_all(message).await.unwrap();
+    let mut echoed = vec![0; message.len()];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut echoed))
+        .await
+        .expect("echoed within 5 s")
+        .unwrap();
+    assert_eq!(echoed, message);
+}
+
+/// Waits up to `wait` for the proxy to close `tcp` cleanly (FIN, no reset).
+async fn closed_cleanly(tcp: &mut TcpStream, wait: Duration) -> bool {
+    let mut rest = Vec::new();
+    matches!(
+        tokio::time::timeout(wait, tcp.read_to_end(&mut rest)).await,
+        Ok(Ok(0))
+    )
+}
+
 #[tokio::test]
 async fn websocket_upgrade_is_tunnelled_to_one_color() {
     let (blue, green) = (
@@ -231,20 +271,7 @@ async fn websocket_upgrade_is_tunnelled_to_one_color() {
     )
     .await
     .unwrap();
-    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    tcp.write_all(
-        b"GET /chat HTTP/1.1\r\nHost: chat.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0];
-        tcp.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let (mut tcp, head) = upgrade(proxy.addr).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(
         head.contains("upgrade: websocket") && head.contains("x-color: green"),
@@ -255,10 +282,7 @@ async fn websocket_upgrade_is_tunnelled_to_one_color() {
         b"second frame",
         &[0x81, 0x05, b'w', b'o', b'r', b'l', b'd'],
     ] {
-        tcp.write_all(message).await.unwrap();
-        let mut echoed = vec![0; message.len()];
-        tcp.read_exact(&mut echoed).await.unwrap();
-        assert_eq!(echoed, message);
+        echo(&mut tcp, message).await;
     }
     assert_eq!(
         proxy
@@ -327,4 +351,186 @@ async fn sticky_users_keep_their_color_and_only_move_to_the_canary() {
         green_replies += usize::from(client.get("/", &[]).await.unwrap().color() == "green");
     }
     assert!((120..=280).contains(&green_replies), "{green_replies}");
+}
+
+#[tokio::test]
+async fn a_websocket_tunnel_lives_through_a_sigterm_drain_then_closes_cleanly() {
+    let echo_upstream = EchoUpstream::start("blue").await;
+    let authority = echo_upstream.addr.to_string();
+    let config = [
+        ("blue.upstream", authority.as_str()),
+        ("green.upstream", authority.as_str()),
+    ];
+    let mut proxy =
+        ProxyProcess::start_with(bin(), Source::File(&config), &["--drain-timeout", "3s"])
+            .await
+            .unwrap();
+    let (mut tcp, head) = upgrade(proxy.addr).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    echo(&mut tcp, b"before").await;
+    proxy.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.admin_get("/readyz").await.map(|r| r.0) != Ok(503) {
+        assert!(Instant::now() < deadline, "still ready after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Draining: the tunnel still carries messages both ways.
+    for message in [&b"during the drain"[..], b"still here"] {
+        echo(&mut tcp, message).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // At the drain timeout it is closed cleanly, and the proxy exits 0.
+    assert!(
+        closed_cleanly(&mut tcp, Duration::from_secs(10)).await,
+        "the tunnel was not closed cleanly"
+    );
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn idle_tunnels_are_closed_and_their_number_is_capped() {
+    let echo_upstream = EchoUpstream::start("blue").await;
+    let authority = echo_upstream.addr.to_string();
+    let proxy = ProxyProcess::start(
+        bin(),
+        &[
+            ("blue.upstream", &authority),
+            ("green.upstream", &authority),
+            ("timeout.tunnel-idle", "1s"),
+            ("limit.tunnels", "1"),
+        ],
+    )
+    .await
+    .unwrap();
+    let (mut tcp, head) = upgrade(proxy.addr).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let (_, refused) = upgrade(proxy.addr).await;
+    assert!(refused.starts_with("http/1.1 503"), "{refused}");
+    // Traffic keeps it open past several idle timeouts...
+    for _ in 0..16 {
+        echo(&mut tcp, b"ping").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // ...silence closes it, and frees its place.
+    assert!(
+        closed_cleanly(&mut tcp, Duration::from_secs(5)).await,
+        "the idle tunnel stayed open"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, head) = upgrade(proxy.addr).await;
+        if head.starts_with("http/1.1 101") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed tunnel still counts: {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn http2_cookies_are_joined_and_grpc_web_is_plain_http() {
+    let upstream = RecordingUpstream::start().await;
+    let authority = upstream.authority();
+    let proxy = ProxyProcess::start(
+        bin(),
+        &[
+            ("blue.upstream", &authority),
+            ("green.upstream", &authority),
+        ],
+    )
+    .await
+    .unwrap();
+    let req = Request::get(format!("http://{}/", proxy.addr))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Full::default())
+        .unwrap();
+    let reply = HttpClient::http2(proxy.addr).send(req).await.unwrap();
+    assert_eq!(reply.status, 200);
+    let headers = upstream.last_headers().unwrap();
+    let cookies: Vec<_> = headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+
+    // A chunked grpc-web answer carries its status in the body: a plain 200.
+    let grpc_web = ScriptedUpstream::start(Script::Reply(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc-web+proto\r\n\
+          transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            .to_vec(),
+    ))
+    .await;
+    let authority = grpc_web.authority();
+    let proxy = ProxyProcess::start(
+        bin(),
+        &[
+            ("blue.upstream", &authority),
+            ("green.upstream", &authority),
+        ],
+    )
+    .await
+    .unwrap();
+    let reply = proxy.client().get("/", &[]).await.unwrap();
+    assert_eq!(
+        (reply.status.as_u16(), &reply.body[..]),
+        (200, &b"hello"[..])
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy
+        .metric("canary_proxy_requests_total{code=\"2xx\",color=\"blue\"}")
+        .await
+        != Some(1.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the grpc-web answer was not counted as a 2xx"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        proxy
+            .metric("canary_proxy_requests_total{code=\"error\",color=\"blue\"}")
+            .await,
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn h2c_opens_another_connection_when_the_streams_run_out() {
+    let upstream = TestUpstream::start_with_stream_limit("blue", 2).await;
+    let authority = upstream.authority();
+    let config = [
+        ("blue.upstream", authority.as_str()),
+        ("green.upstream", authority.as_str()),
+        ("blue.protocol", "h2c"),
+        ("green.protocol", "h2c"),
+    ];
+    let proxy = ProxyProcess::start_with(bin(), Source::File(&config), &["--workers", "1"])
+        .await
+        .unwrap();
+    // One call first, so the upstream's SETTINGS (2 streams) is known; then 8 at once on one
+    // multiplexed client connection.
+    let client = HttpClient::http2(proxy.addr);
+    assert_eq!(client.get("/", &[]).await.unwrap().status, 200);
+    upstream.set_delay(Duration::from_secs(1));
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get("/", &[]).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status, 200);
+    }
+    let connections = upstream.connections();
+    eprintln!("8 concurrent calls over {connections} h2c connections of 2 streams each");
+    assert!(
+        connections >= 4,
+        "{connections} connections for 8 concurrent calls"
+    );
 }

@@ -222,6 +222,7 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
         &[
             ("blue.upstream", &blue.authority()),
             ("green.upstream", &green.authority()),
+            ("timeout.upstream-idle", "500ms"),
         ],
     )
     .await
@@ -242,8 +243,8 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
         busy > quiet,
         "no upstream connection was opened: {quiet} -> {busy}"
     );
-    // The pool's idle timeout is 4 s and the check runs every 4 s: within 12 s all are closed.
-    let deadline = Instant::now() + Duration::from_secs(12);
+    // The pool's idle timeout is 500 ms and the check runs as often: within 5 s all are closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
     while canary_testkit::procfs::open_fds(pid) > quiet {
         assert!(
             Instant::now() < deadline,
@@ -251,5 +252,35 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
             canary_testkit::procfs::open_fds(pid)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idempotent_request_on_a_connection_closed_under_it_is_sent_again() {
+    // Each connection's second request is lost: the upstream closes as it arrives.
+    let upstream = ScriptedUpstream::start(Script::CloseOnReuse).await;
+    let proxy = proxy(&upstream.authority(), &upstream.authority(), &[]).await;
+    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    for (request, status) in [
+        (&b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"[..], 200),
+        // Lands on the pooled connection, which closes under it: sent again, once.
+        (b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+        (
+            b"POST /3 HTTP/1.1\r\nHost: x\r\nIdempotency-Key: k1\r\nContent-Length: 0\r\n\r\n",
+            200,
+        ),
+        // Not safe to repeat: the client gets the error.
+        (
+            b"POST /4 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+            502,
+        ),
+    ] {
+        let before = upstream.requests();
+        conn.send(request).await.unwrap();
+        let reply = conn.read_responses(1, WAIT).await;
+        assert_eq!(reply.statuses(), [status], "{}", reply.text());
+        let sent = upstream.requests() - before;
+        let expected = if status == 200 && before > 0 { 2 } else { 1 };
+        assert_eq!(sent, expected, "{}", String::from_utf8_lossy(request));
     }
 }

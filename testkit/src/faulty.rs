@@ -223,6 +223,10 @@ pub enum Script {
     /// Answers a correct keep-alive `200 ok`, and closes the connection once it has been
     /// idle this long, as servers with a short keep-alive timeout do.
     CloseWhenIdle(Duration),
+    /// Answers a connection's first request with a keep-alive `200 ok`, and closes it without
+    /// an answer when a second request arrives: a server closing an idle connection at the
+    /// instant a request is written to it.
+    CloseOnReuse,
 }
 
 /// A raw TCP upstream that follows a [`Script`]. Stops when dropped.
@@ -355,6 +359,12 @@ async fn follow(mut stream: TcpStream, state: Arc<Scripted>) {
                 }
             }
             Script::CloseWhenIdle(_) => {
+                if stream.write_all(OK_KEEP_ALIVE).await.is_err() {
+                    return;
+                }
+            }
+            Script::CloseOnReuse if served > 1 => return,
+            Script::CloseOnReuse => {
                 if stream.write_all(OK_KEEP_ALIVE).await.is_err() {
                     return;
                 }

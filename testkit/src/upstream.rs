@@ -28,6 +28,7 @@ pub struct TestUpstream {
 struct State {
     color: &'static str,
     served: AtomicU64,
+    connections: AtomicU64,
     status: AtomicU16,
     /// Fraction of answers that are 500 instead, in millionths.
     error_ppm: AtomicU64,
@@ -39,20 +40,27 @@ impl TestUpstream {
     /// Starts an upstream that answers 200 with `x-color: <color>` and `{"color":"<color>"}`.
     pub async fn start(color: &'static str) -> TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        Self::serve(listener, color)
+        Self::serve(listener, color, None)
+    }
+
+    /// Starts an upstream whose HTTP/2 connections allow `streams` concurrent streams each.
+    pub async fn start_with_stream_limit(color: &'static str, streams: u32) -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, color, Some(streams))
     }
 
     /// Starts an upstream on a given address (to bring one back where it was).
     pub async fn start_at(addr: SocketAddr, color: &'static str) -> TestUpstream {
         let listener = TcpListener::bind(addr).await.expect("bind");
-        Self::serve(listener, color)
+        Self::serve(listener, color, None)
     }
 
-    fn serve(listener: TcpListener, color: &'static str) -> TestUpstream {
+    fn serve(listener: TcpListener, color: &'static str, streams: Option<u32>) -> TestUpstream {
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State {
             color,
             served: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             status: AtomicU16::new(200),
             error_ppm: AtomicU64::new(0),
             delay_ms: AtomicU64::new(0),
@@ -65,10 +73,15 @@ impl TestUpstream {
                     let Ok((stream, _)) = listener.accept().await else {
                         continue;
                     };
+                    state.connections.fetch_add(1, SeqCst);
                     let state = state.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req| answer(state.clone(), req));
-                        let _ = auto::Builder::new(TokioExecutor::new())
+                        let mut builder = auto::Builder::new(TokioExecutor::new());
+                        if let Some(streams) = streams {
+                            builder.http2().max_concurrent_streams(streams);
+                        }
+                        let _ = builder
                             .serve_connection(TokioIo::new(stream), service)
                             .await;
                     });
@@ -81,6 +94,11 @@ impl TestUpstream {
     /// Requests answered so far.
     pub fn served(&self) -> u64 {
         self.state.served.load(SeqCst)
+    }
+
+    /// TCP connections accepted.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(SeqCst)
     }
 
     /// Makes every later answer carry `status`.

@@ -1,15 +1,16 @@
 //! The client's request body on its way upstream: streamed, never buffered whole, but cut off
 //! when it grows past `limit.request-body` or stalls for `timeout.client-body`. Such a cut is
-//! the client's fault and is never counted against an upstream.
+//! the client's fault and is never counted against an upstream. The body of a request that
+//! expects `100-continue` is held back until the upstream asks for it.
 //!
 //! A body also keeps a [`ClientWait`]: how long it has waited for the client so far, so that
 //! `timeout.request` (the upstream's time) does not run while the client is still uploading.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,7 +36,8 @@ pub enum ClientFault {
 
 /// A request body with the client policy applied.
 pub struct RequestBody {
-    inner: Incoming,
+    /// The client's body; `None` for a bodiless request rebuilt to be sent again.
+    inner: Option<Incoming>,
     /// A frame already read (to validate framing before any byte goes upstream); boxed, as
     /// only requests with a body have one and the body is moved several times.
     first: Option<Box<Frame<Bytes>>>,
@@ -44,6 +46,8 @@ pub struct RequestBody {
     timeout: Duration,
     /// Armed the first time the body has nothing to give; boxed only for bodies that wait.
     idle: Option<Pin<Box<Sleep>>>,
+    /// Set while the body waits for the upstream's `100 Continue`.
+    expect: Option<Arc<Continue>>,
     /// Time spent waiting for the client, shared with the exchange's `timeout.request`; only
     /// for bodies that have something to send.
     wait: Option<Arc<ClientWait>>,
@@ -95,16 +99,57 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// How long a body waits for an upstream's `100 Continue` before it is sent anyway, as
+/// RFC 9110 §10.1.1 lets a client do with a server that ignores the expectation (curl waits
+/// as long).
+const CONTINUE_WAIT: Duration = Duration::from_secs(1);
+
+const WAITING: u8 = 0;
+const GO: u8 = 1;
+const REFUSED: u8 = 2;
+
+/// Whether an `Expect: 100-continue` request's body may go: the upstream's 100 lets it go;
+/// a final response before it refuses it for good.
+#[derive(Debug, Default)]
+pub struct Continue {
+    state: AtomicU8,
+    /// The body task waiting for the 100 (only requests that expect one ever lock it).
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Continue {
+    /// The upstream asked for the body.
+    pub fn go(&self) {
+        if self
+            .state
+            .compare_exchange(WAITING, GO, Relaxed, Relaxed)
+            .is_ok()
+            && let Some(waker) = self.waker.lock().expect("not poisoned").take()
+        {
+            waker.wake();
+        }
+    }
+
+    /// The upstream answered without asking for the body; `true` if the body was never
+    /// sent, so its connection is left mid-request and must not carry another.
+    pub fn refuse(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, REFUSED, Relaxed, Relaxed)
+            .is_ok()
+    }
+}
+
 impl RequestBody {
     /// Wraps `inner` with `policy`'s limit and idle timeout.
     pub fn new(inner: Incoming, policy: &ClientPolicy) -> RequestBody {
         let wait = (!inner.is_end_stream()).then(Arc::default);
         RequestBody {
-            inner,
+            inner: Some(inner),
             first: None,
             remaining: policy.max_body,
             timeout: policy.body_timeout,
             idle: None,
+            expect: None,
             wait,
         }
     }
@@ -114,10 +159,59 @@ impl RequestBody {
         self.wait.clone()
     }
 
+    /// No body: for a bodiless request sent again on another connection.
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            first: None,
+            remaining: None,
+            timeout: Duration::ZERO,
+            idle: None,
+            expect: None,
+            wait: None,
+        }
+    }
+
+    /// Holds the body back (and so the client's `100 Continue`, which hyper sends when the
+    /// body is first read) until the upstream asks for it through [`RequestBody::expectation`].
+    pub fn hold_until_continue(&mut self) {
+        self.expect = Some(Arc::default());
+    }
+
+    /// The expectation the body waits on, if it does.
+    pub fn expectation(&self) -> Option<&Arc<Continue>> {
+        self.expect.as_ref()
+    }
+
+    /// `Ready` once the body may be read; an upstream that stays silent past
+    /// [`CONTINUE_WAIT`] gets it anyway, one that refused it never does.
+    fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(expect) = &self.expect else {
+            return Poll::Ready(());
+        };
+        if expect.state.load(Relaxed) == WAITING {
+            *expect.waker.lock().expect("not poisoned") = Some(cx.waker().clone());
+            // Looked at again: a 100 that came while the waker was being stored woke no one.
+            if expect.state.load(Relaxed) == WAITING {
+                let wait = self
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(CONTINUE_WAIT)));
+                ready!(wait.as_mut().poll(cx));
+                expect.go();
+            }
+            self.idle = None;
+        }
+        if expect.state.load(Relaxed) == REFUSED {
+            return Poll::Pending;
+        }
+        self.expect = None;
+        Poll::Ready(())
+    }
+
     /// Reads the first frame now, so that broken framing or a stalled client is answered
     /// before the request is sent anywhere. A body with no frames is left as it is.
     pub async fn read_first(&mut self) -> Result<(), ClientFault> {
-        if self.inner.is_end_stream() {
+        if self.is_end_stream() {
             return Ok(());
         }
         let frame = std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await;
@@ -152,7 +246,11 @@ impl Body for RequestBody {
         if let Some(frame) = self.first.take() {
             return Poll::Ready(Some(Ok(*frame)));
         }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        ready!(self.poll_continue(cx));
+        let Some(inner) = &mut self.inner else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
         if let Some(wait) = &self.wait {
             match polled {
                 Poll::Pending => wait.begin(),
@@ -179,7 +277,7 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.inner.is_end_stream()
+        self.first.is_none() && self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -188,7 +286,10 @@ impl Body for RequestBody {
             .as_deref()
             .and_then(Frame::data_ref)
             .map_or(0, |d| d.len() as u64);
-        let inner = self.inner.size_hint();
+        let inner = self
+            .inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint);
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower() + first);
         if let Some(upper) = inner.upper() {

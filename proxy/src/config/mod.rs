@@ -11,6 +11,7 @@ mod parse;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -95,7 +96,7 @@ pub struct Config {
 }
 
 /// Limits on client requests and how far their forwarding headers are believed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientPolicy {
     /// `limit.request-body`: the largest request body accepted, in bytes; `None` for no limit.
     pub max_body: Option<u64>,
@@ -104,6 +105,66 @@ pub struct ClientPolicy {
     /// `forwarded.trusted-hops`: how many proxies in front of this one are trusted to have
     /// set `X-Forwarded-*` truthfully. With 0, what the client sent is replaced.
     pub trusted_hops: u32,
+    /// `forwarded.trusted-cidrs`: the peers whose `X-Forwarded-*` are believed (NGINX's
+    /// `set_real_ip_from`); empty trusts any peer, as before the key existed.
+    pub trusted_cidrs: Vec<Cidr>,
+    /// `timeout.client-idle`: how long an idle kept-alive client connection stays open. Longer
+    /// than an ingress keeps its upstream connections, so the ingress always closes first.
+    pub idle_timeout: Duration,
+    /// `timeout.tunnel-idle`: an upgraded tunnel (WebSocket) with no bytes either way for this
+    /// long is closed.
+    pub tunnel_idle: Duration,
+    /// `limit.tunnels`: upgraded tunnels open at once; beyond it an upgrade gets 503. `None`
+    /// for no limit.
+    pub max_tunnels: Option<usize>,
+}
+
+impl ClientPolicy {
+    /// Whether a client connecting from `peer` may have its `X-Forwarded-*` believed.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.trusted_hops > 0
+            && (self.trusted_cidrs.is_empty()
+                || self.trusted_cidrs.iter().any(|c| c.contains(peer)))
+    }
+}
+
+/// A block of addresses, `10.0.0.0/8` or `fd00::/8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address, with the host bits cleared.
+    net: IpAddr,
+    /// The prefix length.
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The block of `net`'s first `prefix` bits; `None` if the prefix is too long.
+    pub fn new(net: IpAddr, prefix: u8) -> Option<Cidr> {
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then(|| Cidr {
+            net: mask(net, prefix),
+            prefix,
+        })
+    }
+
+    /// Whether `ip` is in the block; an IPv4-mapped IPv6 address counts as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.net.is_ipv4() && mask(ip, self.prefix) == self.net
+    }
+}
+
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & bits).into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & bits).into())
+        }
+    }
 }
 
 impl Config {
@@ -269,4 +330,7 @@ pub struct Timeouts {
     pub request: Duration,
     /// `timeout.response-idle`: the longest wait for the next piece of a response body.
     pub response_idle: Duration,
+    /// `timeout.upstream-idle`: how long an idle pooled HTTP/1.1 connection is kept; below the
+    /// upstream's own keep-alive timeout, so the proxy rarely reuses one the upstream is closing.
+    pub upstream_idle: Duration,
 }

@@ -1,6 +1,7 @@
 //! Parsing and validation of each key. One error names one key, its value and what is wrong.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -8,7 +9,7 @@ use http::uri::Authority;
 use regex::Regex;
 
 use super::{
-    ClientPolicy, Color, Config, GrpcCodes, HeaderRule, Protocol, RollbackPolicy, StatusSet,
+    Cidr, ClientPolicy, Color, Config, GrpcCodes, HeaderRule, Protocol, RollbackPolicy, StatusSet,
     Sticky, Timeouts, UpstreamAddr,
 };
 
@@ -38,8 +39,13 @@ pub const KEYS: &[&str] = &[
     "timeout.request",
     "timeout.client-body",
     "timeout.response-idle",
+    "timeout.client-idle",
+    "timeout.upstream-idle",
+    "timeout.tunnel-idle",
     "limit.request-body",
+    "limit.tunnels",
     "forwarded.trusted-hops",
+    "forwarded.trusted-cidrs",
     "response-color-header",
 ];
 
@@ -200,6 +206,11 @@ pub(super) fn parse(data: &BTreeMap<String, String>) -> Result<Config, ConfigErr
             Duration::from_secs(60),
             positive_duration,
         )?,
+        upstream_idle: keys.parse_or(
+            "timeout.upstream-idle",
+            Duration::from_secs(4),
+            positive_duration,
+        )?,
     };
 
     Ok(Config {
@@ -233,8 +244,50 @@ pub(super) fn parse(data: &BTreeMap<String, String>) -> Result<Config, ConfigErr
                 n if n > 16 => Err("must be at most 16".into()),
                 n => Ok(n),
             })?,
+            trusted_cidrs: keys.parse_or("forwarded.trusted-cidrs", Vec::new(), cidrs)?,
+            // NGINX's keepalive_timeout: above the 60 s ingress-nginx keeps its upstream
+            // connections for.
+            idle_timeout: keys.parse_or(
+                "timeout.client-idle",
+                Duration::from_secs(75),
+                positive_duration,
+            )?,
+            tunnel_idle: keys.parse_or(
+                "timeout.tunnel-idle",
+                Duration::from_secs(3600),
+                positive_duration,
+            )?,
+            max_tunnels: keys.parse_or("limit.tunnels", Some(10_000), |v| {
+                whole(v).map(|n| (n > 0).then_some(n as usize))
+            })?,
         },
     })
+}
+
+/// Parses `10.0.0.0/8, 192.168.1.7, fd00::/8`: addresses and blocks of them.
+fn cidrs(v: &str) -> Result<Vec<Cidr>, String> {
+    v.split(',')
+        .map(|item| {
+            let item = item.trim();
+            let (ip, prefix) = match item.split_once('/') {
+                Some((ip, prefix)) => (ip, Some(prefix)),
+                None => (item, None),
+            };
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| format!("has `{item}`, which is not an address or a CIDR block"))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            let prefix = match prefix {
+                None => max,
+                Some(p) => p
+                    .parse()
+                    .ok()
+                    .filter(|p| *p <= max)
+                    .ok_or_else(|| format!("has `{item}`, whose prefix is not 0-{max}"))?,
+            };
+            Ok(Cidr::new(ip, prefix).expect("the prefix was checked"))
+        })
+        .collect()
 }
 
 /// Parses a byte size: `1048576`, `512k`, `10m`, `1g` (powers of 1024, as NGINX does).

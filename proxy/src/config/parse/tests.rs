@@ -184,6 +184,30 @@ fn bad_inputs_are_rejected_with_a_message_naming_key_and_value() {
             &[("response-color-header", "x served")],
             "key `response-color-header`: \"x served\" is not a valid HTTP header name",
         ),
+        (
+            &[("forwarded.trusted-cidrs", "10.0.0.0/33")],
+            "key `forwarded.trusted-cidrs`: \"10.0.0.0/33\" has `10.0.0.0/33`, whose prefix is not 0-32",
+        ),
+        (
+            &[("forwarded.trusted-cidrs", "10.0.0.0/8, ingress")],
+            "key `forwarded.trusted-cidrs`: \"10.0.0.0/8, ingress\" has `ingress`, which is not an address or a CIDR block",
+        ),
+        (
+            &[("timeout.client-idle", "0s")],
+            "key `timeout.client-idle`: \"0s\" must be more than zero",
+        ),
+        (
+            &[("timeout.upstream-idle", "2")],
+            "key `timeout.upstream-idle`: \"2\" has no unit: write e.g. `500ms`, `30s` or `2m`",
+        ),
+        (
+            &[("timeout.tunnel-idle", "forever")],
+            "key `timeout.tunnel-idle`: \"forever\" is not a duration: write e.g. `500ms`, `30s` or `2m`",
+        ),
+        (
+            &[("limit.tunnels", "many")],
+            "key `limit.tunnels`: \"many\" is not a whole number",
+        ),
     ];
     assert!(cases.len() >= 15);
     for (pairs, expected) in cases {
@@ -215,6 +239,11 @@ fn defaults_follow_the_design() {
     assert_eq!(c.client.max_body, None);
     assert_eq!(c.client.body_timeout, Duration::from_secs(60));
     assert_eq!(c.client.trusted_hops, 0);
+    assert!(c.client.trusted_cidrs.is_empty());
+    assert_eq!(c.client.idle_timeout, Duration::from_secs(75));
+    assert_eq!(c.client.tunnel_idle, Duration::from_secs(3600));
+    assert_eq!(c.client.max_tunnels, Some(10_000));
+    assert_eq!(c.timeouts.upstream_idle, Duration::from_secs(4));
 }
 
 #[test]
@@ -247,6 +276,14 @@ fn every_key_is_read() {
         ("limit.request-body", "10m"),
         ("timeout.client-body", "5s"),
         ("forwarded.trusted-hops", "1"),
+        (
+            "forwarded.trusted-cidrs",
+            "10.0.0.0/8, 192.168.1.7, fd00::/8",
+        ),
+        ("timeout.client-idle", "90s"),
+        ("timeout.upstream-idle", "1s"),
+        ("timeout.tunnel-idle", "10m"),
+        ("limit.tunnels", "0"),
     ]))
     .unwrap();
     assert_eq!(c.upstream(Color::Blue).to_string(), "[::1]:80");
@@ -279,6 +316,13 @@ fn every_key_is_read() {
     assert_eq!(c.client.max_body, Some(10 << 20));
     assert_eq!(c.client.body_timeout, Duration::from_secs(5));
     assert_eq!(c.client.trusted_hops, 1);
+    let trusts = |ip: &str| c.client.trusts(ip.parse().unwrap());
+    assert!(trusts("10.2.3.4") && trusts("::ffff:10.2.3.4") && trusts("192.168.1.7"));
+    assert!(trusts("fd12::1") && !trusts("192.168.1.8") && !trusts("11.0.0.1"));
+    assert_eq!(c.client.idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.timeouts.upstream_idle, Duration::from_secs(1));
+    assert_eq!(c.client.tunnel_idle, Duration::from_secs(600));
+    assert_eq!(c.client.max_tunnels, None);
 }
 
 #[test]
