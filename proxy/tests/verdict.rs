@@ -15,6 +15,40 @@ fn bin() -> &'static Path {
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A blue and a green test upstream and the real proxy in front of them, with `extra` keys.
+async fn colors_and_proxy(extra: &[(&str, &str)]) -> (TestUpstream, TestUpstream, ProxyProcess) {
+    let (blue, green) = (
+        TestUpstream::start("blue").await,
+        TestUpstream::start("green").await,
+    );
+    let (b, g) = (blue.authority(), green.authority());
+    let mut config = vec![
+        ("blue.upstream", b.as_str()),
+        ("green.upstream", g.as_str()),
+    ];
+    config.extend_from_slice(extra);
+    let proxy = ProxyProcess::start(bin(), &config).await.unwrap();
+    (blue, green, proxy)
+}
+
+/// The real proxy with a healthy blue and `green` as the canary at weight 100, with `extra`
+/// keys; the blue upstream is returned to keep it running.
+async fn canary_only(
+    green: &ScriptedUpstream,
+    extra: &[(&str, &str)],
+) -> (TestUpstream, ProxyProcess) {
+    let blue = TestUpstream::start("blue").await;
+    let (b, g) = (blue.authority(), green.authority());
+    let mut config = vec![
+        ("blue.upstream", b.as_str()),
+        ("green.upstream", g.as_str()),
+        ("canary-weight", "100"),
+    ];
+    config.extend_from_slice(extra);
+    let proxy = ProxyProcess::start(bin(), &config).await.unwrap();
+    (blue, proxy)
+}
+
 /// `canary_proxy_outcomes_total` for one color, evidence and result; 0 when not yet exported.
 async fn outcomes(proxy: &ProxyProcess, color: &str, evidence: &str, result: &str) -> f64 {
     proxy
@@ -30,22 +64,9 @@ async fn a_canary_at_half_the_threshold_is_not_rolled_back_over_5_minutes() {
     // The reproduction: 2.5 % failing green, weight 50, 40 requests a second, a 1 s window
     // (as many canary requests per window as 0.67 a second with the default 30 s). The rule
     // this test replaced rolled it back after about 45 s.
-    let (blue, green) = (
-        TestUpstream::start("blue").await,
-        TestUpstream::start("green").await,
-    );
+    let (_blue, green, proxy) =
+        colors_and_proxy(&[("canary-weight", "50"), ("rollback.window", "1s")]).await;
     green.set_error_rate(0.025);
-    let proxy = ProxyProcess::start(
-        bin(),
-        &[
-            ("blue.upstream", &blue.authority()),
-            ("green.upstream", &green.authority()),
-            ("canary-weight", "50"),
-            ("rollback.window", "1s"),
-        ],
-    )
-    .await
-    .unwrap();
     let client = proxy.client();
     let mut tick = tokio::time::interval(Duration::from_millis(25));
     let (mut sent, mut failed) = (0, 0);
@@ -68,22 +89,9 @@ async fn a_canary_at_half_the_threshold_is_not_rolled_back_over_5_minutes() {
 
 #[tokio::test]
 async fn requests_forced_by_a_header_never_roll_the_canary_back() {
-    let (blue, green) = (
-        TestUpstream::start("blue").await,
-        TestUpstream::start("green").await,
-    );
+    let (_blue, green, proxy) =
+        colors_and_proxy(&[("canary-weight", "0"), ("canary-by-header", "x-canary")]).await;
     green.set_status(500);
-    let proxy = ProxyProcess::start(
-        bin(),
-        &[
-            ("blue.upstream", &blue.authority()),
-            ("green.upstream", &green.authority()),
-            ("canary-weight", "0"),
-            ("canary-by-header", "x-canary"),
-        ],
-    )
-    .await
-    .unwrap();
     let client = proxy.client();
     for _ in 0..200 {
         let reply = client.get("/", &[("x-canary", "always")]).await.unwrap();
@@ -110,21 +118,8 @@ async fn requests_forced_by_a_header_never_roll_the_canary_back() {
 async fn a_total_failure_below_a_window_full_of_requests_is_caught_at_min_requests() {
     // 10 canary requests a second against a 1 s window: never 20 in a window, which the rule
     // this test replaced needed.
-    let (blue, green) = (
-        TestUpstream::start("blue").await,
-        TestUpstream::start("green").await,
-    );
-    let proxy = ProxyProcess::start(
-        bin(),
-        &[
-            ("blue.upstream", &blue.authority()),
-            ("green.upstream", &green.authority()),
-            ("canary-weight", "50"),
-            ("rollback.window", "1s"),
-        ],
-    )
-    .await
-    .unwrap();
+    let (_blue, green, proxy) =
+        colors_and_proxy(&[("canary-weight", "50"), ("rollback.window", "1s")]).await;
     let client = proxy.client();
     for _ in 0..100 {
         assert_eq!(client.get("/", &[]).await.unwrap().status, 200);
@@ -142,22 +137,12 @@ async fn a_total_failure_below_a_window_full_of_requests_is_caught_at_min_reques
 
 #[tokio::test]
 async fn a_client_that_stalls_its_body_gets_408_and_costs_the_upstream_nothing() {
-    let (blue, green) = (
-        TestUpstream::start("blue").await,
-        TestUpstream::start("green").await,
-    );
-    let proxy = ProxyProcess::start(
-        bin(),
-        &[
-            ("blue.upstream", &blue.authority()),
-            ("green.upstream", &green.authority()),
-            ("canary-weight", "100"),
-            ("timeout.request", "500ms"),
-            ("timeout.client-body", "1500ms"),
-        ],
-    )
-    .await
-    .unwrap();
+    let (_blue, _green, proxy) = colors_and_proxy(&[
+        ("canary-weight", "100"),
+        ("timeout.request", "500ms"),
+        ("timeout.client-body", "1500ms"),
+    ])
+    .await;
     let mut conn = RawConn::connect(proxy.addr).await.unwrap();
     conn.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
         .await
@@ -190,21 +175,10 @@ async fn a_client_that_stalls_its_body_gets_408_and_costs_the_upstream_nothing()
 
 #[tokio::test]
 async fn a_body_the_upstream_breaks_off_is_a_failure_of_its_color() {
-    let blue = TestUpstream::start("blue").await;
     let mut head = b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n".to_vec();
     head.extend(vec![b'a'; 1000]);
     let green = ScriptedUpstream::start(Script::ResetAfter(head.clone())).await;
-    let proxy = ProxyProcess::start(
-        bin(),
-        &[
-            ("blue.upstream", &blue.authority()),
-            ("green.upstream", &green.authority()),
-            ("canary-weight", "100"),
-            ("timeout.response-idle", "500ms"),
-        ],
-    )
-    .await
-    .unwrap();
+    let (_blue, proxy) = canary_only(&green, &[("timeout.response-idle", "500ms")]).await;
     let reply = RawConn::exchange(proxy.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", WAIT).await;
     assert_eq!(reply.statuses(), [200]);
     assert!(
@@ -238,23 +212,12 @@ async fn a_body_the_upstream_breaks_off_is_a_failure_of_its_color() {
 
 #[tokio::test]
 async fn a_stream_longer_than_the_window_counts_when_it_ends() {
-    let blue = TestUpstream::start("blue").await;
     let chunk = |text: &str| format!("{:x}\r\n{text}\r\n", text.len()).into_bytes();
     let mut pieces = vec![b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec()];
     pieces.extend((0..5).map(|i| chunk(&format!("event {i}\n"))));
     pieces.push(b"0\r\n\r\n".to_vec());
     let green = ScriptedUpstream::start(Script::Trickle(pieces, Duration::from_millis(400))).await;
-    let proxy = ProxyProcess::start(
-        bin(),
-        &[
-            ("blue.upstream", &blue.authority()),
-            ("green.upstream", &green.authority()),
-            ("canary-weight", "100"),
-            ("rollback.window", "1s"),
-        ],
-    )
-    .await
-    .unwrap();
+    let (_blue, proxy) = canary_only(&green, &[("rollback.window", "1s")]).await;
     let mut conn = RawConn::connect(proxy.addr).await.unwrap();
     conn.send(b"GET /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await

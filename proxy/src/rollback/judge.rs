@@ -119,17 +119,27 @@ mod tests {
     use super::*;
     use crate::rollback::tally::Evidence;
 
+    /// The default plan (5 %, 99 %, 20).
+    fn plan() -> Plan {
+        Plan::new(0.05, 0.99, 20)
+    }
+
+    /// A look at green as the canary with `share` of the weighted traffic.
+    fn look<'a>(tally: &'a Tally, plan: &'a Plan, share: f64) -> Look<'a> {
+        Look {
+            tally,
+            plan,
+            canary: Color::Green,
+            share,
+        }
+    }
+
     #[test]
     fn a_failure_after_successes_counts_in_order() {
         let tally = Tally::new();
         let judge = Judge::starting_now(&tally);
-        let plan = Plan::new(0.05, 0.99, 20);
-        let look = Look {
-            tally: &tally,
-            plan: &plan,
-            canary: Color::Green,
-            share: 0.5,
-        };
+        let plan = plan();
+        let look = look(&tally, &plan, 0.5);
         for _ in 0..50 {
             tally.record(Color::Green, Evidence::Weighted, false, None);
         }
@@ -149,13 +159,8 @@ mod tests {
             tally.record(Color::Blue, Evidence::Weighted, false, None);
         }
         let judge = Judge::starting_now(&tally);
-        let plan = Plan::new(0.05, 0.99, 20);
-        let look = Look {
-            tally: &tally,
-            plan: &plan,
-            canary: Color::Green,
-            share: 0.05,
-        };
+        let plan = plan();
+        let look = look(&tally, &plan, 0.05);
         for i in 1..=20 {
             tally.record(Color::Green, Evidence::Weighted, true, None);
             let v = judge.after_failure(look).unwrap();
@@ -171,13 +176,8 @@ mod tests {
     fn forced_failures_are_not_evidence() {
         let tally = Tally::new();
         let judge = Judge::starting_now(&tally);
-        let plan = Plan::new(0.05, 0.99, 20);
-        let look = Look {
-            tally: &tally,
-            plan: &plan,
-            canary: Color::Green,
-            share: 0.0,
-        };
+        let plan = plan();
+        let look = look(&tally, &plan, 0.0);
         for _ in 0..1000 {
             tally.record(Color::Green, Evidence::Forced, true, None);
             judge.tick(look);
