@@ -11,7 +11,7 @@ use canary_bench::compare::{self, CompareOptions};
 use canary_bench::demo::{self, DemoOptions};
 use canary_bench::load::{self, LoadConfig, Stop, Target, Workers};
 use canary_bench::proxy;
-use canary_bench::simulate::{self, SimulateOptions};
+use canary_bench::simulate::{self, RuleName, SimulateOptions};
 use canary_bench::soak::{self, SoakOptions};
 use canary_bench::units::parse_duration;
 use canary_bench::upstream::{self, Color, FaultUpdate, Upstream};
@@ -55,6 +55,12 @@ struct SimulateArgs {
     /// Seeds per cell [default: 100; 20 with --quick].
     #[arg(long)]
     seeds: Option<u64>,
+    /// Canary request rates, comma-separated [default: 0.01 to 10,000 by tens].
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<f64>>,
+    /// The rules to run, comma-separated [default: both].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    rules: Option<Vec<RuleName>>,
     /// Print the report as JSON instead of the tables.
     #[arg(long)]
     json: bool,
@@ -209,6 +215,12 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
     };
     if let Some(seeds) = args.seeds {
         options.seeds = seeds;
+    }
+    if let Some(rates) = args.rates {
+        options.rates = rates;
+    }
+    if let Some(rules) = args.rules {
+        options.rules = rules;
     }
     let started = std::time::Instant::now();
     let report = simulate::simulate(&options);

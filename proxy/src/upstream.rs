@@ -380,9 +380,20 @@ async fn upstream_time<T>(
     wait: Option<Arc<ClientWait>>,
     exchange: impl Future<Output = T>,
 ) -> Result<T, ()> {
-    let Some(wait) = wait else {
-        return tokio::time::timeout(limit, exchange).await.map_err(|_| ());
-    };
+    match wait {
+        None => tokio::time::timeout(limit, exchange).await.map_err(|_| ()),
+        // Boxed: only requests with a body take this path, and the common one stays small.
+        Some(wait) => Box::pin(after_client_waits(limit, wait, exchange)).await,
+    }
+}
+
+/// [`upstream_time`] for a request with a body: the deadline moves by the time the body has
+/// waited for the client.
+async fn after_client_waits<T>(
+    limit: Duration,
+    wait: Arc<ClientWait>,
+    exchange: impl Future<Output = T>,
+) -> Result<T, ()> {
     let started = tokio::time::Instant::now();
     tokio::pin!(exchange);
     loop {

@@ -38,6 +38,8 @@ pub struct SimulateOptions {
     pub max_requests: u64,
     /// Threads to run seeds on.
     pub threads: usize,
+    /// The rules to run.
+    pub rules: Vec<RuleName>,
 }
 
 impl SimulateOptions {
@@ -49,6 +51,7 @@ impl SimulateOptions {
             rates: RATES.to_vec(),
             max_requests: 100_000_000,
             threads: std::thread::available_parallelism().map_or(1, usize::from),
+            rules: vec![RuleName::Sequential, RuleName::Windowed],
         }
     }
 
@@ -65,7 +68,7 @@ impl SimulateOptions {
 }
 
 /// Which rule a cell is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleName {
     /// The sequential test.
@@ -145,10 +148,16 @@ pub fn simulate(options: &SimulateOptions) -> Report {
                 change_at: 0.0,
                 stable,
                 duration: options.days * DAY,
-                max_requests: options.max_requests,
+                // Only the shared fault, where both colors fail a fifth of their requests, is
+                // capped: the healthy runs go the whole days asked for.
+                max_requests: if stable > 0.0 {
+                    options.max_requests
+                } else {
+                    u64::MAX
+                },
             };
-            let seconds = (scenario.duration).min(options.max_requests as f64 / rate);
-            for rule in [RuleName::Sequential, RuleName::Windowed] {
+            let seconds = scenario.duration.min(scenario.max_requests as f64 / rate);
+            for &rule in &options.rules {
                 let runs = runs(options, &scenario, rule);
                 report.false_rollbacks.push(FalseRollbacks {
                     rule,
@@ -172,7 +181,7 @@ pub fn simulate(options: &SimulateOptions) -> Report {
                 duration: 8.0 * DAY,
                 max_requests: u64::MAX,
             };
-            for rule in [RuleName::Sequential, RuleName::Windowed] {
+            for &rule in &options.rules {
                 let runs = runs(options, &scenario, rule);
                 let caught: Vec<Rollback> = runs
                     .iter()
@@ -285,16 +294,24 @@ impl Report {
                         .iter()
                         .find(|f| f.case == case && f.rate == *rate && f.rule == rule)
                 };
-                let (Some(s), Some(w)) = (cell(RuleName::Sequential), cell(RuleName::Windowed))
-                else {
-                    continue;
+                let capped = |f: &FalseRollbacks| {
+                    if f.seconds < options.days * DAY {
+                        format!(" ({})", fmt_seconds(f.seconds))
+                    } else {
+                        String::new()
+                    }
                 };
-                let capped = if s.seconds < options.days * DAY {
-                    format!(" ({})", fmt_seconds(s.seconds))
-                } else {
-                    String::new()
+                let show = |f: Option<&FalseRollbacks>| {
+                    f.map_or("–".to_string(), |f| {
+                        format!("{}{}", f.rolled_back, capped(f))
+                    })
                 };
-                let _ = write!(out, " {} / {}{capped} |", s.rolled_back, w.rolled_back);
+                let _ = write!(
+                    out,
+                    " {} / {} |",
+                    show(cell(RuleName::Sequential)),
+                    show(cell(RuleName::Windowed))
+                );
             }
             let _ = writeln!(out);
         }
@@ -320,19 +337,16 @@ impl Report {
                         .iter()
                         .find(|d| d.failing == f && d.rate == *rate && d.rule == rule)
                 };
-                let (Some(s), Some(w)) = (cell(RuleName::Sequential), cell(RuleName::Windowed))
-                else {
-                    continue;
-                };
+                let (s, w) = (cell(RuleName::Sequential), cell(RuleName::Windowed));
                 let _ = writeln!(
                     out,
                     "| {:.0} % | {} | {} | {} | {} | {} |",
                     100.0 * f,
                     fmt_rate(*rate),
-                    fmt_requests(s),
-                    fmt_secs(s),
-                    fmt_requests(w),
-                    fmt_secs(w)
+                    s.map_or("–".into(), fmt_requests),
+                    s.map_or("–".into(), fmt_secs),
+                    w.map_or("–".into(), fmt_requests),
+                    w.map_or("–".into(), fmt_secs)
                 );
             }
         }
