@@ -134,6 +134,7 @@ impl Runtime {
             plan: &table.plan,
             canary: table.config.canary(),
             share: table.canary_share(),
+            streak_only: self.fleet().is_some(),
         }
     }
 
