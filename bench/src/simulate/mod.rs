@@ -7,7 +7,10 @@
 //!
 //! - [`world`]: the simulated traffic, one step per failure.
 //! - [`rules`]: the two rules, fed as the data path feeds them.
+//! - [`fleet`]: the traffic spread over N replicas, the fleet judge against each replica
+//!   judging alone (`--fleet`).
 
+pub mod fleet;
 pub mod rules;
 pub mod world;
 
