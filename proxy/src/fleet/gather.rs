@@ -124,8 +124,12 @@ pub async fn keep_judging(
         }
         runtime.metrics.fleet_judge.set(i64::from(leads));
         if !leads {
-            // A judge elected later starts from its own first gather.
+            // A judge elected later starts from its own first gather; the shared-fault gauge
+            // is the judge's to set.
             judge = None;
+            if let Some(table) = runtime.routes().as_deref() {
+                runtime.set_shared_fault(table.config.canary(), false);
+            }
         } else {
             let judge = judge.get_or_insert_with(FleetJudge::new);
             gather_once(&runtime, judge, &peers).await;
@@ -180,6 +184,10 @@ async fn gather_once(runtime: &Runtime, judge: &mut FleetJudge, peers: &[SocketA
         view.judgement = Some(judgement);
         view.answered = answered;
     }
+    runtime.set_shared_fault(
+        canary.color,
+        judging && judgement.verdict == Verdict::SharedFault,
+    );
     if judging && let Verdict::RollBack(evidence) = judgement.verdict {
         let reason = format!(
             "fleet judge on {} replicas' evidence: {}",
