@@ -18,6 +18,10 @@ use tracing::{info, warn};
 /// first port.
 pub const ADMIN_PORT_NAME: &str = "admin";
 
+/// Server-side timeout of each watch request, as for the ConfigMap: a silently dead
+/// connection is noticed within about a minute, at one watch request a minute.
+const WATCH_TIMEOUT_SECS: u32 = 60;
+
 /// The fleet's members as last seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Members {
@@ -36,8 +40,9 @@ pub async fn follow_members(
     members: watch::Sender<Members>,
 ) {
     let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
-    let config =
-        watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
+    let config = watcher::Config::default()
+        .labels(&format!("kubernetes.io/service-name={service}"))
+        .timeout(WATCH_TIMEOUT_SECS);
     let mut stream = watcher(api, config).default_backoff().boxed();
     // Slices by name; the listing in progress replaces them when it is complete.
     let mut slices: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
