@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 
 use canary_proxy::rollback::sequential::{self, Counts, Plan, Streaks, Test, Verdict};
 
-use super::THRESHOLD;
+use super::{THRESHOLD, per_seed, quantiles};
 
 /// Fleet sizes in the table.
 pub const SIZES: [usize; 4] = [2, 10, 50, 500];
@@ -128,7 +128,7 @@ pub fn simulate_fleet(options: &FleetOptions) -> FleetReport {
     for (failing, detection) in cases {
         for replicas in SIZES {
             for judging in [Judging::Fleet, Judging::Alone] {
-                let runs = seeds(options, |seed| {
+                let runs = per_seed(options.seeds, options.threads, |seed| {
                     one(options, replicas, judging, failing, detection, seed)
                 });
                 let mut seconds: Vec<u64> = runs.iter().flatten().copied().collect();
@@ -145,36 +145,6 @@ pub fn simulate_fleet(options: &FleetOptions) -> FleetReport {
         }
     }
     FleetReport { cells }
-}
-
-fn quantiles(sorted: &[u64]) -> Option<(u64, u64)> {
-    let at =
-        |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
-    (!sorted.is_empty()).then(|| (at(0.5), at(0.99)))
-}
-
-fn seeds(options: &FleetOptions, run: impl Fn(u64) -> Option<u64> + Sync) -> Vec<Option<u64>> {
-    let threads = options.threads.max(1) as u64;
-    let mut out = vec![None; options.seeds as usize];
-    std::thread::scope(|s| {
-        let run = &run;
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    (t..options.seeds)
-                        .step_by(threads as usize)
-                        .map(|seed| (seed, run(seed)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for handle in handles {
-            for (seed, result) in handle.join().expect("a simulation thread panicked") {
-                out[seed as usize] = result;
-            }
-        }
-    });
-    out
 }
 
 /// One run: the seconds from the change (or the start) to the rollback, if any.
