@@ -60,7 +60,7 @@ struct SimulateArgs {
     #[arg(long)]
     json: bool,
     /// The fleet table instead: the traffic spread over 2, 10, 50 and 500 replicas, the fleet
-    /// judge against every replica judging alone.
+    /// judge against every replica judging alone (100 seeds of 24 h; 4 of 1 h with --quick).
     #[arg(long)]
     fleet: bool,
 }

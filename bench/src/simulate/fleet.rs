@@ -46,12 +46,12 @@ pub struct FleetOptions {
 }
 
 impl FleetOptions {
-    /// The full table: 20 seeds, 100 canary requests a second, 6 hours.
+    /// The full table: 100 seeds, 100 canary requests a second, 24 hours.
     pub fn full() -> FleetOptions {
         FleetOptions {
-            seeds: 20,
+            seeds: 100,
             rate: 100,
-            hours: 6.0,
+            hours: 24.0,
             threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
@@ -244,7 +244,7 @@ impl FleetReport {
         let mut failing: Vec<f64> = self.cells.iter().map(|c| c.failing).collect();
         failing.dedup();
         for f in failing {
-            let _ = write!(out, "| {} % |", 100.0 * f);
+            let _ = write!(out, "| {:.0} % |", 100.0 * f);
             for n in SIZES {
                 let cell = |judging| {
                     self.cells
