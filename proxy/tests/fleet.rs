@@ -219,7 +219,7 @@ async fn a_canary_failing_10_percent_spread_over_ten_replicas_is_rolled_back_by_
 }
 
 #[tokio::test]
-async fn a_canary_at_half_the_threshold_is_not_rolled_back_by_the_fleet() {
+async fn a_canary_failing_2_5_percent_is_not_rolled_back_by_the_fleet_over_15000_requests() {
     let fleet = fleet(21, &[("canary-weight", "50")]).await;
     fleet.upstreams.1.set_error_rate(0.025);
     fleet.load(1500, Arc::new(AtomicBool::new(false))).await;

@@ -37,7 +37,9 @@ pub struct Canary {
 pub struct FleetJudge {
     /// The canary the test is about; `None` before the first gather.
     canary: Option<Canary>,
-    /// Each process's cumulative weighted counts (canary, stable) at the last gather.
+    /// Each process's cumulative weighted counts (canary, stable) at the last gather. Kept
+    /// for as long as the canary is the same, so a peer that comes back after missing gathers
+    /// adds only what is new; bounded by the processes that served this canary.
     seen: HashMap<String, [Counts; 2]>,
     /// The statistics on the fleet's summed batches.
     test: Test,
