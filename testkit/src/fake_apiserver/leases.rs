@@ -30,3 +30,29 @@ pub(crate) fn apply(key: &Key, current: &mut Value, patch: &Value) -> Result<(),
     merge(current, patch);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_held_lease_cannot_be_applied_away_from_its_holder() {
+        let key = Key {
+            resource: RESOURCE.into(),
+            namespace: "ns".into(),
+            name: "judge".into(),
+        };
+        let take = |who: &str| json!({"spec": {"holderIdentity": who, "leaseDurationSeconds": 15}});
+        let mut lease = json!({"metadata": {"name": "judge"}, "spec": {}});
+        apply(&key, &mut lease, &take("a")).unwrap();
+        // The holder renews; another is refused while it holds.
+        apply(&key, &mut lease, &take("a")).unwrap();
+        assert_eq!(apply(&key, &mut lease, &take("b")).unwrap_err().code, 409);
+        // Released (a strategic patch of nulls), it can be taken.
+        merge(&mut lease, &json!({"spec": {"holderIdentity": null}}));
+        apply(&key, &mut lease, &take("b")).unwrap();
+        assert_eq!(lease["spec"]["holderIdentity"], "b");
+    }
+}
