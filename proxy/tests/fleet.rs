@@ -261,6 +261,21 @@ async fn killing_the_judge_hands_over_within_the_lease_duration() {
         new.as_str(),
         "the Lease names the new judge"
     );
+    // What docs/operating.md has an operator type, where kubectl is installed.
+    let holder = "jsonpath={.spec.holderIdentity}";
+    let api = &fleet.api;
+    if let Some(out) = api
+        .run_kubectl(&["get", "lease", PEERS, "-o", holder])
+        .await
+    {
+        assert_eq!(Some(out.as_str()), new.as_str());
+        let selector = format!("kubernetes.io/service-name={PEERS}");
+        let slices = api
+            .run_kubectl(&["get", "endpointslices", "-l", &selector])
+            .await
+            .unwrap();
+        assert!(slices.contains(PEERS), "{slices}");
+    }
 }
 
 #[tokio::test]

@@ -381,6 +381,28 @@ impl FakeApiServer {
         self.shared.store().get(&key).ok()
     }
 
+    /// Runs the installed `kubectl` with `args` against this server, as a user would; its
+    /// stdout, or `None` where no `kubectl` is installed.
+    ///
+    /// # Panics
+    /// If kubectl fails or takes more than 60 s.
+    pub async fn run_kubectl<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Option<String> {
+        let run = self.kubectl().args(args).output();
+        let output = match tokio::time::timeout(Duration::from_secs(60), run).await {
+            Err(_) => panic!("kubectl did not finish within 60 s"),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Ok(result) => result.expect("kubectl runs"),
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let arguments: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+        assert!(
+            output.status.success(),
+            "kubectl {arguments:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some(stdout)
+    }
+
     /// Sets the endpoints of the Service `service` as the EndpointSlice controller would: one
     /// slice, created or replaced, listing `endpoints` (address and readiness) on the port
     /// named `port_name`.
