@@ -104,3 +104,41 @@ impl Fleet {
         (!peers).then_some("cut off from its peers")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_off_from_the_api_or_the_peers() {
+        let fleet = Fleet::new("ns/peers".into(), "me".into());
+        let two: Vec<SocketAddr> = vec![([127, 0, 0, 1], 1).into(), ([127, 0, 0, 2], 1).into()];
+        assert_eq!(fleet.isolated(0), Some("cut off from the API server"));
+        {
+            let mut view = fleet.view();
+            view.api_connected = true;
+            view.members = two;
+        }
+        // A member that the judge asks, then stops asking.
+        fleet.asked(Some("judge"), 1_000);
+        assert_eq!(fleet.isolated(1_000 + PEER_SILENCE_MS - 1), None);
+        assert_eq!(
+            fleet.isolated(1_000 + PEER_SILENCE_MS),
+            Some("cut off from its peers")
+        );
+        assert_eq!(fleet.view().judge.as_deref(), Some("judge"));
+        // A judge that reached only itself.
+        {
+            let mut view = fleet.view();
+            view.is_judge = true;
+            view.answered = 1;
+        }
+        assert_eq!(fleet.isolated(0), Some("cut off from its peers"));
+        fleet.view().answered = 2;
+        assert_eq!(fleet.isolated(0), None);
+        // Alone in the fleet is not cut off.
+        fleet.view().members.truncate(1);
+        fleet.view().answered = 1;
+        assert_eq!(fleet.isolated(0), None);
+    }
+}
