@@ -11,6 +11,7 @@ use canary_bench::compare::{self, CompareOptions};
 use canary_bench::demo::{self, DemoOptions};
 use canary_bench::load::{self, LoadConfig, Stop, Target, Workers};
 use canary_bench::proxy;
+use canary_bench::simulate::fleet::FleetOptions;
 use canary_bench::simulate::{self, RuleName, SimulateOptions};
 use canary_bench::soak::{self, SoakOptions};
 use canary_bench::units::parse_duration;
@@ -64,6 +65,10 @@ struct SimulateArgs {
     /// Print the report as JSON instead of the tables.
     #[arg(long)]
     json: bool,
+    /// The fleet table instead: the traffic spread over 2, 10, 50 and 500 replicas, the fleet
+    /// judge against every replica judging alone (100 seeds of 24 h; 4 of 1 h with --quick).
+    #[arg(long)]
+    fleet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -208,6 +213,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    if args.fleet {
+        return run_simulate_fleet(&args);
+    }
     let mut options = if args.quick {
         SimulateOptions::quick()
     } else {
@@ -224,6 +232,26 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     let report = simulate::simulate(&options);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.markdown(&options));
+        eprintln!("simulated in {:.0?}", started.elapsed());
+    }
+    Ok(())
+}
+
+fn run_simulate_fleet(args: &SimulateArgs) -> anyhow::Result<()> {
+    let mut options = if args.quick {
+        FleetOptions::quick()
+    } else {
+        FleetOptions::full()
+    };
+    if let Some(seeds) = args.seeds {
+        options.seeds = seeds;
+    }
+    let started = std::time::Instant::now();
+    let report = simulate::fleet::simulate_fleet(&options);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -10,6 +10,9 @@
 //!   resourceVersion precondition, so every replica converges and restarts agree;
 //!   [`clear_stale_rollback`] removes a record that no longer applies.
 //! - [`events`]: [`record_event`], Kubernetes Events for rollbacks and rejected configs.
+//! - [`fleet`]: with `--fleet`, the members (the peers' admin addresses) from the
+//!   EndpointSlices of a headless Service.
+//! - [`judge`]: with `--fleet`, the one judge, elected with a `coordination.k8s.io` Lease.
 //!
 //! This crate knows nothing of the proxy's config types: it hands over the ConfigMap's `data`
 //! as strings and takes rollbacks as plain records.
@@ -18,6 +21,8 @@ pub mod client;
 pub mod cm_ref;
 pub mod error;
 pub mod events;
+pub mod fleet;
+pub mod judge;
 pub mod persisted;
 pub mod watch;
 pub mod write_back;

@@ -11,23 +11,7 @@ use common::{NAME, NS, client, eventually, next_event, spawn_watch};
 
 /// Runs kubectl with the fake's kubeconfig; `None` if kubectl is not installed.
 async fn kubectl(api: &FakeApiServer, args: &[&str]) -> Option<String> {
-    let output = match tokio::time::timeout(
-        Duration::from_secs(60),
-        api.kubectl().args(args).output(),
-    )
-    .await
-    {
-        Err(_) => panic!("kubectl {args:?} did not finish within 60 s"),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Ok(result) => result.expect("kubectl runs"),
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "kubectl {args:?} failed: {stdout}{stderr}"
-    );
-    Some(stdout)
+    api.run_kubectl(args).await
 }
 
 #[tokio::test]

@@ -134,20 +134,27 @@ impl Runtime {
             plan: &table.plan,
             canary: table.config.canary(),
             share: table.canary_share(),
+            streak_only: self.fleet().is_some(),
         }
     }
 
     fn act(&self, table: &Arc<RouteTable>, verdict: Verdict) {
-        let canary = table.config.canary();
-        let shared = verdict == Verdict::SharedFault;
-        self.metrics
-            .color(canary)
-            .shared_fault
-            .set(i64::from(shared));
-        self.metrics.color(canary.other()).shared_fault.set(0);
+        // In a fleet, whether the fault is shared is the fleet judge's to say.
+        if self.fleet().is_none() {
+            self.set_shared_fault(table.config.canary(), verdict == Verdict::SharedFault);
+        }
         if let Verdict::RollBack(evidence) = verdict {
             self.roll_back(table, evidence.reason());
         }
+    }
+}
+
+impl Runtime {
+    /// Sets `canary_proxy_shared_fault`: 1 for `canary` while it fails like stable.
+    pub fn set_shared_fault(&self, canary: Color, shared: bool) {
+        let metric = |c: Color| &self.metrics.color(c).shared_fault;
+        metric(canary).set(i64::from(shared));
+        metric(canary.other()).set(0);
     }
 }
 

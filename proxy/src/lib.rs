@@ -20,7 +20,8 @@
 //! - [`config`]: the keys parsed and validated into an immutable snapshot; file sources.
 //! - [`runtime`]: the shared state; the one `ArcSwap` the request path reads.
 //! - [`metrics`]: Prometheus handles resolved once.
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status` and the `/` page.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`, `/evidence` and the `/` page.
+//! - [`fleet`]: with `--fleet`, the evidence a replica serves and the fleet judge's verdict.
 
 #![warn(missing_docs)]
 
@@ -29,6 +30,7 @@ pub mod admin;
 pub mod admission;
 pub mod body;
 pub mod config;
+pub mod fleet;
 pub mod headers;
 pub mod listener;
 pub mod metrics;

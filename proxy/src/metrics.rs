@@ -111,6 +111,11 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     /// `canary_proxy_config_source_connected`: 0 while the configuration source is unreachable.
     pub source_connected: IntGauge,
+    /// `canary_proxy_fleet_isolated`: 1 while a `--fleet` replica is cut off from its peers or
+    /// the API server (it keeps serving on its local fast path).
+    pub fleet_isolated: IntGauge,
+    /// `canary_proxy_fleet_judge`: 1 on the replica that holds the judge's Lease.
+    pub fleet_judge: IntGauge,
 }
 
 impl Metrics {
@@ -196,8 +201,18 @@ impl Metrics {
             "canary_proxy_config_source_connected",
             "1 while the configuration source (file or Kubernetes API) is reachable",
         )?;
+        let fleet_isolated = IntGauge::new(
+            "canary_proxy_fleet_isolated",
+            "1 while this replica is cut off from its fleet's peers or the Kubernetes API",
+        )?;
+        let fleet_judge = IntGauge::new(
+            "canary_proxy_fleet_judge",
+            "1 while this replica holds the Lease that makes it the fleet's judge",
+        )?;
         for c in [
             Box::new(source_connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(fleet_isolated.clone()),
+            Box::new(fleet_judge.clone()),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(errors.clone()),
@@ -235,6 +250,8 @@ impl Metrics {
             reloads_error: reloads.with_label_values(&["error"]),
             config_info,
             source_connected,
+            fleet_isolated,
+            fleet_judge,
         })
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use tracing::{error, info, warn};
 
 use crate::config::{Color, Config, ConfigError};
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::rfc3339;
 use crate::rollback::history::History;
@@ -64,6 +65,10 @@ pub struct Runtime {
     pub source: String,
     /// How the source is doing, in a sentence, for `/readyz` and `/status`.
     source_state: ArcSwap<String>,
+    /// This process's random id, in its evidence: the fleet's judge tells a restart by it.
+    pub process: String,
+    /// With `--fleet`, this replica's part in the fleet; set once before serving.
+    fleet: OnceLock<Fleet>,
 }
 
 impl Runtime {
@@ -80,7 +85,20 @@ impl Runtime {
             rollbacks: broadcast::channel(16).0,
             source,
             source_state: ArcSwap::from_pointee("reading the configuration".to_owned()),
+            process: format!("{:016x}", rand::random::<u64>()),
+            fleet: OnceLock::new(),
         })
+    }
+
+    /// Makes this replica one of a fleet: from now on its own judge keeps only the streak rule
+    /// and the rate test is the fleet judge's. Only the first call counts.
+    pub fn join_fleet(&self, fleet: Fleet) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// This replica's part in the fleet, with `--fleet`.
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.get()
     }
 
     /// Records how the configuration source is doing: whether it is connected, and a sentence

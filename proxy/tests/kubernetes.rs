@@ -399,16 +399,7 @@ async fn all_served_by(proxy: &ProxyProcess, color: &str) {
 
 /// Runs `kubectl` with these arguments against the fake API server; its stdout.
 async fn kubectl(api: &FakeApiServer, args: &[String]) -> String {
-    let out = tokio::time::timeout(Duration::from_secs(60), api.kubectl().args(args).output())
-        .await
-        .expect("kubectl finishes within 60 s")
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    api.run_kubectl(args).await.expect("kubectl is installed")
 }
 
 /// The command lines of docs/operating.md's code blocks that start with `prefix`, in order,

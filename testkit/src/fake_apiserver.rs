@@ -1,7 +1,9 @@
 //! A fake Kubernetes API server for tests: the real wire protocol over plain HTTP on loopback.
 //!
-//! It serves core/v1 `configmaps` and `events`, and networking.k8s.io/v1 `ingresses` (with
-//! ingress-nginx's one-Ingress-per-host-and-path admission rule): list (with the collection's resourceVersion),
+//! It serves core/v1 `configmaps` and `events`, networking.k8s.io/v1 `ingresses` (with
+//! ingress-nginx's one-Ingress-per-host-and-path admission rule), discovery.k8s.io/v1
+//! `endpointslices` (selected by label) and coordination.k8s.io/v1 `leases` (with the
+//! server-side apply conflict leader election needs): list (with the collection's resourceVersion),
 //! get, create (POST), update (PUT), merge and strategic-merge PATCH with `resourceVersion`
 //! preconditions (409 Conflict), JSON PATCH, delete, and `watch=true` streams of ADDED / MODIFIED /
 //! DELETED / BOOKMARK events resumable from a resourceVersion, with 410 Gone once that version
@@ -22,8 +24,10 @@
 //! ```
 
 mod discovery;
+mod endpoint_slices;
 mod ingress;
 mod json_patch;
+mod leases;
 mod routes;
 mod serve;
 mod status;
@@ -375,6 +379,61 @@ impl FakeApiServer {
             name: name.into(),
         };
         self.shared.store().get(&key).ok()
+    }
+
+    /// Runs the installed `kubectl` with `args` against this server, as a user would; its
+    /// stdout, or `None` where no `kubectl` is installed.
+    ///
+    /// # Panics
+    /// If kubectl fails or takes more than 60 s.
+    pub async fn run_kubectl<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Option<String> {
+        let run = self.kubectl().args(args).output();
+        let output = match tokio::time::timeout(Duration::from_secs(60), run).await {
+            Err(_) => panic!("kubectl did not finish within 60 s"),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Ok(result) => result.expect("kubectl runs"),
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let arguments: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+        assert!(
+            output.status.success(),
+            "kubectl {arguments:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some(stdout)
+    }
+
+    /// Sets the endpoints of the Service `service` as the EndpointSlice controller would: one
+    /// slice, created or replaced, listing `endpoints` (address and readiness) on the port
+    /// named `port_name`.
+    pub fn set_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        port_name: &str,
+        endpoints: &[(SocketAddr, bool)],
+    ) {
+        let slice = endpoint_slices::slice(service, port_name, endpoints);
+        let key = Key {
+            resource: endpoint_slices::RESOURCE.into(),
+            namespace: namespace.into(),
+            name: format!("{service}-fake"),
+        };
+        let mut store = self.shared.store();
+        let result = if store.get(&key).is_ok() {
+            store.update(&key, slice)
+        } else {
+            store.create(endpoint_slices::RESOURCE, namespace, slice)
+        };
+        result.unwrap_or_else(|e| panic!("endpoints of {namespace}/{service}: {}", e.message));
+    }
+
+    /// The holder of the Lease `namespace/name`, if it exists and is held.
+    pub fn lease_holder(&self, namespace: &str, name: &str) -> Option<String> {
+        self.object(leases::RESOURCE, namespace, name)?
+            .pointer("/spec/holderIdentity")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     }
 
     /// Deletes the ConfigMap; returns whether it existed.

@@ -45,6 +45,18 @@ impl ProxyProcess {
         source: Source<'_>,
         extra: &[&str],
     ) -> Result<ProxyProcess, String> {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_at(binary, source, (any, any), extra).await
+    }
+
+    /// Like [`ProxyProcess::start_with`], with the data and admin listeners at `listen`
+    /// (replicas of a fleet share an admin port on different loopback addresses, as pods do).
+    pub async fn start_at(
+        binary: &Path,
+        source: Source<'_>,
+        listen: (SocketAddr, SocketAddr),
+        extra: &[&str],
+    ) -> Result<ProxyProcess, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let config_path = dir.path().join("config.yaml");
         let mut cmd = Command::new(binary);
@@ -57,7 +69,10 @@ impl ProxyProcess {
                 cmd.args(args).envs(env);
             }
         }
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        cmd.arg("--listen")
+            .arg(listen.0.to_string())
+            .arg("--admin-listen")
+            .arg(listen.1.to_string())
             .args(["--log-format", "json"])
             .args(extra)
             .env("RUST_LOG", "info")

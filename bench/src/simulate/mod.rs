@@ -7,7 +7,10 @@
 //!
 //! - [`world`]: the simulated traffic, one step per failure.
 //! - [`rules`]: the two rules, fed as the data path feeds them.
+//! - [`fleet`]: the traffic spread over N replicas, the fleet judge against each replica
+//!   judging alone (`--fleet`).
 
+pub mod fleet;
 pub mod rules;
 pub mod world;
 
@@ -209,7 +212,7 @@ pub fn simulate(options: &SimulateOptions) -> Report {
 }
 
 /// Median and 99th percentile of sorted values.
-fn quantiles<T: Copy>(sorted: &[T]) -> Option<(T, T)> {
+pub(crate) fn quantiles<T: Copy>(sorted: &[T]) -> Option<(T, T)> {
     let at =
         |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
     (!sorted.is_empty()).then(|| (at(0.5), at(0.99)))
@@ -217,15 +220,27 @@ fn quantiles<T: Copy>(sorted: &[T]) -> Option<(T, T)> {
 
 /// Every seed of `scenario` under `rule`, spread over the threads.
 fn runs(options: &SimulateOptions, scenario: &Scenario, rule: RuleName) -> Vec<Option<Rollback>> {
-    let threads = options.threads.max(1) as u64;
-    let mut out = vec![None; options.seeds as usize];
+    per_seed(options.seeds, options.threads, |seed| {
+        one(scenario, seed, rule)
+    })
+}
+
+/// `run` for seeds `0..seeds`, spread over `threads` threads; the results in seed order.
+pub(crate) fn per_seed<T: Clone + Default + Send>(
+    seeds: u64,
+    threads: usize,
+    run: impl Fn(u64) -> T + Sync,
+) -> Vec<T> {
+    let threads = threads.max(1) as u64;
+    let mut out = vec![T::default(); seeds as usize];
     std::thread::scope(|s| {
+        let run = &run;
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
-                    (t..options.seeds)
+                    (t..seeds)
                         .step_by(threads as usize)
-                        .map(|seed| (seed, one(scenario, seed, rule)))
+                        .map(|seed| (seed, run(seed)))
                         .collect::<Vec<_>>()
                 })
             })

@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status` and the `/` page.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, `/evidence` (with
+//! `--fleet`, for the fleet's judge) and the `/` page.
 //!
 //! Its clients are few (the kubelet's probes, Prometheus, an operator's port-forward), so it
 //! holds at most [`MAX_CONNECTIONS`] at once and drops a connection that sends no request
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use crate::fleet::gather::JUDGE_HEADER;
 use crate::runtime::Runtime;
 
 const INDEX_HTML: &str = include_str!("index.html");
@@ -110,9 +112,31 @@ fn route(runtime: &Runtime, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             format!("no configuration loaded yet: {}\n", runtime.source_state()),
         ),
         "/status" => respond(StatusCode::OK, "application/json", status::render(runtime)),
+        "/evidence" => evidence(runtime, req),
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `GET /evidence`: this replica's evidence for the fleet's judge, who names itself in a
+/// header so that every replica can show who judges it.
+fn evidence(runtime: &Runtime, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(fleet) = runtime.fleet() else {
+        return text(StatusCode::NOT_FOUND, "not in a fleet (no --fleet)\n");
+    };
+    let Some(evidence) = runtime.evidence() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no configuration loaded yet\n",
+        );
+    };
+    let judge = req
+        .headers()
+        .get(JUDGE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    fleet.asked(judge, runtime.now_ms());
+    let body = serde_json::to_vec(&evidence).expect("evidence serialises");
+    respond(StatusCode::OK, "application/json", body)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -26,6 +26,37 @@ struct Status<'a> {
     colors: Option<PerColor<ColorStatus>>,
     rollback: Option<Rollback>,
     last_config_error: Option<ConfigError>,
+    fleet: Option<FleetStatus>,
+}
+
+/// With `--fleet`: the fleet as this replica sees it.
+#[derive(Serialize)]
+struct FleetStatus {
+    /// The headless Service the members come from.
+    service: String,
+    /// This replica's identity in the Lease.
+    identity: String,
+    /// The members' admin addresses.
+    members: Vec<String>,
+    /// The judge's identity, once known.
+    judge: Option<String>,
+    /// Whether this replica is the judge.
+    is_judge: bool,
+    /// `connected`, `cut off from the API server` or `cut off from its peers`.
+    state: &'static str,
+    /// On the judge: members that answered the last gather, and those whose evidence was
+    /// about the configured canary.
+    answered: Option<usize>,
+    reporting: Option<usize>,
+    /// On the judge: the fleet's weighted counts since the fleet test began, and the test
+    /// against its boundaries.
+    canary: Option<CountsStatus>,
+    stable: Option<CountsStatus>,
+    statistic: Option<f64>,
+    boundary: Option<f64>,
+    relative_statistic: Option<f64>,
+    relative_boundary: Option<f64>,
+    verdict: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -154,6 +185,7 @@ pub fn render(runtime: &Runtime) -> Vec<u8> {
             message: e.message.clone(),
             at: rfc3339::format(e.at),
         }),
+        fleet: fleet(runtime, table),
     };
     serde_json::to_vec_pretty(&status).expect("status serialises")
 }
@@ -188,13 +220,8 @@ fn rollback(runtime: &Runtime, table: &RouteTable) -> Rollback {
     } else if !table.config.canary_reachable() {
         "no_canary"
     } else {
-        match last {
-            Verdict::Healthy => "healthy",
-            Verdict::SharedFault => "shared_fault",
-            Verdict::Comparing => "comparing",
-            // Due but not yet acted on: the next look trips it.
-            Verdict::RollBack(_) => "rolling_back",
-        }
+        // A due rollback not yet acted on shows as `rolling_back`: the next look trips it.
+        verdict_name(last)
     };
     let plan = &table.plan;
     let streaks = runtime.tally.streaks(table.config.canary());
@@ -224,6 +251,40 @@ fn rollback(runtime: &Runtime, table: &RouteTable) -> Rollback {
             stable_successes_needed: plan.stable_run,
             horizon_requests: sequential::HORIZON,
         }),
+    }
+}
+
+fn fleet(runtime: &Runtime, table: Option<&RouteTable>) -> Option<FleetStatus> {
+    let fleet = runtime.fleet()?;
+    let state = fleet.isolated(runtime.now_ms()).unwrap_or("connected");
+    let view = fleet.view().clone();
+    let judgement = view.judgement;
+    let plan = table.map(|t| t.plan);
+    Some(FleetStatus {
+        service: fleet.service.clone(),
+        identity: fleet.identity.clone(),
+        members: view.members.iter().map(ToString::to_string).collect(),
+        judge: view.judge,
+        is_judge: view.is_judge,
+        state,
+        answered: judgement.map(|_| view.answered),
+        reporting: judgement.map(|j| j.reporting),
+        canary: judgement.map(|j| j.test.judged.into()),
+        stable: judgement.map(|j| j.test.stable.into()),
+        statistic: judgement.map(|j| round(j.test.absolute)),
+        boundary: judgement.and(plan).map(|p| round(p.boundary)),
+        relative_statistic: judgement.map(|j| round(j.test.relative())),
+        relative_boundary: judgement.and(plan).map(|p| round(p.relative_boundary)),
+        verdict: judgement.map(|j| verdict_name(j.verdict)),
+    })
+}
+
+fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Healthy => "healthy",
+        Verdict::SharedFault => "shared_fault",
+        Verdict::Comparing => "comparing",
+        Verdict::RollBack(_) => "rolling_back",
     }
 }
 

@@ -37,6 +37,9 @@ pub struct Look<'a> {
     pub canary: Color,
     /// The canary's configured share of weighted traffic, 0 to 1.
     pub share: f64,
+    /// Whether only the streak rule may roll back here: in a fleet the rate test is the
+    /// fleet judge's, on everyone's evidence.
+    pub streak_only: bool,
 }
 
 impl Judge {
@@ -104,12 +107,17 @@ impl State {
             self.test
                 .observe(look.plan, canary, stable_batch, look.share);
         }
-        self.verdict = sequential::decide(
+        let verdict = sequential::decide(
             look.plan,
             &self.test,
             look.tally.streaks(look.canary),
             look.share,
         );
+        self.verdict = match verdict {
+            Verdict::RollBack(e) if look.streak_only && !e.streak => Verdict::Healthy,
+            Verdict::SharedFault | Verdict::Comparing if look.streak_only => Verdict::Healthy,
+            verdict => verdict,
+        };
         self.verdict
     }
 }
@@ -131,6 +139,7 @@ mod tests {
             plan,
             canary: Color::Green,
             share,
+            streak_only: false,
         }
     }
 
@@ -183,5 +192,30 @@ mod tests {
             judge.tick(look);
         }
         assert_eq!(judge.state(), (Test::default(), Verdict::Healthy));
+    }
+
+    #[test]
+    fn in_a_fleet_only_the_streak_rolls_back_locally() {
+        let tally = Tally::new();
+        let judge = Judge::starting_now(&tally);
+        let plan = Plan::new(0.05, 0.99, 20);
+        let look = Look {
+            tally: &tally,
+            plan: &plan,
+            canary: Color::Green,
+            share: 0.5,
+            streak_only: true,
+        };
+        // 30 % failing, far past the rate test's boundary, but never 20 in a row.
+        for i in 0..2000 {
+            tally.record(Color::Blue, Evidence::Weighted, false, None);
+            tally.record(Color::Green, Evidence::Weighted, i % 10 < 3, None);
+            assert_eq!(judge.tick(look), Verdict::Healthy, "{i}");
+        }
+        assert!(judge.state().0.absolute > plan.boundary);
+        for _ in 0..20 {
+            tally.record(Color::Green, Evidence::Weighted, true, None);
+        }
+        assert!(matches!(judge.tick(look), Verdict::RollBack(e) if e.streak));
     }
 }

@@ -59,6 +59,8 @@
 use std::fmt::Write as _;
 use std::ops::{Add, AddAssign};
 
+use serde::{Deserialize, Serialize};
+
 /// Canary requests over which the false-rollback bound is stated.
 pub const HORIZON: f64 = 1e10;
 
@@ -67,8 +69,8 @@ pub const HORIZON: f64 = 1e10;
 /// alone.
 pub const RATIOS: [f64; 2] = [2.0, 10.0];
 
-/// Requests and failures.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Requests and failures (also the form a replica's evidence takes on the wire).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     /// Requests that got a response or definitely failed.
     pub requests: u64,

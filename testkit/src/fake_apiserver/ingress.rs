@@ -3,7 +3,7 @@
 //! migration that adds a second Ingress for the same host and path fails here as it does on a
 //! default ingress-nginx.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::status::ApiError;
 use super::store::{Key, Selector, Store};
@@ -16,36 +16,6 @@ pub(crate) const RESOURCE: &str = "ingresses";
 
 /// The annotation that makes an Ingress a canary, which may share its host and path.
 const CANARY_ANNOTATION: &str = "nginx.ingress.kubernetes.io/canary";
-
-/// The discovery documents of the group, by path.
-pub(crate) fn discovery(path: &str) -> Option<Value> {
-    let version = json!({ "groupVersion": GROUP_VERSION, "version": "v1" });
-    let group = json!({
-        "name": "networking.k8s.io",
-        "versions": [version],
-        "preferredVersion": version,
-    });
-    match path {
-        "/apis" => Some(json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [group] })),
-        "/apis/networking.k8s.io" => Some(
-            json!({ "kind": "APIGroup", "apiVersion": "v1", "name": "networking.k8s.io", "versions": group["versions"], "preferredVersion": version }),
-        ),
-        "/apis/networking.k8s.io/v1" => Some(json!({
-            "kind": "APIResourceList",
-            "apiVersion": "v1",
-            "groupVersion": GROUP_VERSION,
-            "resources": [{
-                "name": RESOURCE,
-                "singularName": "ingress",
-                "namespaced": true,
-                "kind": "Ingress",
-                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-                "shortNames": ["ing"],
-            }],
-        })),
-        _ => None,
-    }
-}
 
 /// ingress-nginx's validating webhook, reduced to its best-known refusal.
 pub(crate) fn admit(store: &Store, key: &Key, object: &Value) -> Result<(), ApiError> {

@@ -15,13 +15,20 @@ use serde_json::{Value, json};
 use super::status::ApiError;
 use super::store::{Key, Selector};
 use super::watch::{WatchFilter, WatchRequest, error_line, watch_body};
-use super::{RequestRecord, Shared, Verb, discovery, ingress, json_patch};
+use super::{RequestRecord, Shared, Verb, discovery, endpoint_slices, ingress, json_patch, leases};
 
 /// Every response body: whole JSON documents, or a watch's event stream.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// The resources this fake serves under `/api/v1`.
 const RESOURCES: [&str; 2] = ["configmaps", "events"];
+
+/// The resources it serves under `/apis`: group, version, plural name.
+const GROUP_RESOURCES: [(&str, &str, &str); 3] = [
+    ("networking.k8s.io", "v1", ingress::RESOURCE),
+    ("discovery.k8s.io", "v1", endpoint_slices::RESOURCE),
+    ("coordination.k8s.io", "v1", leases::RESOURCE),
+];
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
@@ -134,7 +141,7 @@ fn list(
     namespace: Option<&str>,
     query: &HashMap<String, String>,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let selector = Selector::parse(query.get("fieldSelector").map_or("", String::as_str))?;
+    let selector = selector(query)?;
     let store = shared.store();
     let items = store.list(resource, namespace, &selector);
     let (api_version, kind) = super::store::type_of(resource);
@@ -153,7 +160,7 @@ fn watch(
     namespace: Option<String>,
     query: &HashMap<String, String>,
 ) -> Response<Body> {
-    let selector = match Selector::parse(query.get("fieldSelector").map_or("", String::as_str)) {
+    let selector = match selector(query) {
         Ok(selector) => selector,
         Err(error) => return error_response(&error),
     };
@@ -185,6 +192,12 @@ fn watch(
             .is_some_and(|b| b == "true"),
     };
     stream_response(watch_body(shared, request))
+}
+
+/// The request's field and label selectors.
+fn selector(query: &HashMap<String, String>) -> Result<Selector, ApiError> {
+    let get = |name| query.get(name).map_or("", String::as_str);
+    Selector::from_query(get("fieldSelector"), get("labelSelector"))
 }
 
 /// POST of `object` to a collection, through the admission rules the fake knows.
@@ -220,8 +233,9 @@ pub(crate) fn create(
         .map(|o| (StatusCode::CREATED, o))
 }
 
-/// Merge patches, and strategic merge patches, which for the string maps of a ConfigMap
-/// behave the same; JSON patches. Server-side apply is not implemented: 415.
+/// Merge patches, and strategic merge patches, which for the string maps of a ConfigMap and
+/// the scalar fields of a Lease behave the same; JSON patches; server-side apply of a Lease
+/// (as leader election uses it). Other server-side apply is not implemented: 415.
 fn patch(
     shared: &Shared,
     key: &Key,
@@ -234,6 +248,14 @@ fn patch(
             shared
                 .store()
                 .merge_patch(key, &patch)
+                .map(|o| (StatusCode::OK, o))
+        }
+        Some("application/apply-patch+yaml") if key.resource == leases::RESOURCE => {
+            // JSON is YAML; kube sends its apply patches as JSON.
+            let patch = parse_json(body)?;
+            shared
+                .store()
+                .patch_with(key, |object| leases::apply(key, object, &patch))
                 .map(|o| (StatusCode::OK, o))
         }
         Some("application/json-patch+json") => {
@@ -268,34 +290,30 @@ fn parse_target(path: &str) -> Option<Target> {
             namespace: (*namespace).to_owned(),
             name: (*name).to_owned(),
         })),
-        ["apis", "networking.k8s.io", "v1", ingress::RESOURCE] => Some(Target::Collection {
-            resource: ingress::RESOURCE.to_owned(),
-            namespace: None,
-        }),
-        [
-            "apis",
-            "networking.k8s.io",
-            "v1",
-            "namespaces",
-            namespace,
-            ingress::RESOURCE,
-        ] => Some(Target::Collection {
-            resource: ingress::RESOURCE.to_owned(),
-            namespace: Some((*namespace).to_owned()),
-        }),
-        [
-            "apis",
-            "networking.k8s.io",
-            "v1",
-            "namespaces",
-            namespace,
-            ingress::RESOURCE,
-            name,
-        ] => Some(Target::Object(Key {
-            resource: ingress::RESOURCE.to_owned(),
-            namespace: (*namespace).to_owned(),
-            name: (*name).to_owned(),
-        })),
+        ["apis", group, version, rest @ ..] => {
+            let served = |r: &str| {
+                GROUP_RESOURCES
+                    .iter()
+                    .find(|(g, v, name)| g == group && v == version && *name == r)
+                    .map(|(_, _, name)| (*name).to_owned())
+            };
+            match rest {
+                [resource] => Some(Target::Collection {
+                    resource: served(resource)?,
+                    namespace: None,
+                }),
+                ["namespaces", namespace, resource] => Some(Target::Collection {
+                    resource: served(resource)?,
+                    namespace: Some((*namespace).to_owned()),
+                }),
+                ["namespaces", namespace, resource, name] => Some(Target::Object(Key {
+                    resource: served(resource)?,
+                    namespace: (*namespace).to_owned(),
+                    name: (*name).to_owned(),
+                })),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -414,5 +432,14 @@ mod tests {
             parse_target("/apis/networking.k8s.io/v1/namespaces/ns/ingresses/i"),
             Some(Target::Object(_))
         ));
+        assert!(matches!(
+            parse_target("/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices"),
+            Some(Target::Collection { .. })
+        ));
+        assert!(matches!(
+            parse_target("/apis/coordination.k8s.io/v1/namespaces/ns/leases/judge"),
+            Some(Target::Object(_))
+        ));
+        assert!(parse_target("/apis/coordination.k8s.io/v1/namespaces/ns/ingresses").is_none());
     }
 }

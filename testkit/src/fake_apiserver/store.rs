@@ -68,33 +68,49 @@ pub(crate) enum Notice {
     Expire,
 }
 
-/// A parsed `fieldSelector`: `path=value` and `path!=value` terms joined by commas.
+/// A parsed `fieldSelector` and `labelSelector`: `path=value` and `path!=value` terms joined
+/// by commas; a field path is dotted, a label key is taken whole (it may hold dots).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Selector(Vec<(String, bool, String)>);
+pub(crate) struct Selector(Vec<(Vec<String>, bool, String)>);
 
 impl Selector {
     /// Parses a field selector; an empty string selects everything.
     pub fn parse(text: &str) -> Result<Self, ApiError> {
-        let mut terms = Vec::new();
+        Self::default().with_terms(text, |path| path.split('.').map(str::to_owned).collect())
+    }
+
+    /// Both selectors of a list or watch request.
+    pub fn from_query(fields: &str, labels: &str) -> Result<Self, ApiError> {
+        Self::parse(fields)?.with_terms(labels, |key| {
+            vec!["metadata".to_owned(), "labels".to_owned(), key.to_owned()]
+        })
+    }
+
+    fn with_terms(
+        mut self,
+        text: &str,
+        path: impl Fn(&str) -> Vec<String>,
+    ) -> Result<Self, ApiError> {
         for term in text.split(',').filter(|t| !t.is_empty()) {
-            let (path, equal, value) = if let Some((p, v)) = term.split_once("!=") {
+            let (key, equal, value) = if let Some((p, v)) = term.split_once("!=") {
                 (p, false, v)
             } else if let Some((p, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
                 (p, true, v)
             } else {
                 return Err(ApiError::bad_request(format!(
-                    "invalid field selector term {term:?}"
+                    "invalid selector term {term:?}"
                 )));
             };
-            terms.push((path.to_owned(), equal, value.to_owned()));
+            self.0
+                .push((path(key.trim()), equal, value.trim().to_owned()));
         }
-        Ok(Self(terms))
+        Ok(self)
     }
 
     /// Whether `object` satisfies every term; a missing field reads as the empty string.
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(path, equal, value)| {
-            let field = path.split('.').try_fold(object, |v, part| v.get(part));
+            let field = path.iter().try_fold(object, |v, part| v.get(part));
             let field = field.and_then(Value::as_str).unwrap_or("");
             (field == value) == *equal
         })
@@ -395,6 +411,10 @@ pub(crate) fn type_of(resource: &str) -> (&'static str, &'static str) {
     match resource {
         "events" => ("v1", "Event"),
         super::ingress::RESOURCE => (super::ingress::GROUP_VERSION, "Ingress"),
+        super::endpoint_slices::RESOURCE => {
+            (super::endpoint_slices::GROUP_VERSION, "EndpointSlice")
+        }
+        super::leases::RESOURCE => (super::leases::GROUP_VERSION, "Lease"),
         _ => ("v1", "ConfigMap"),
     }
 }
@@ -509,6 +529,11 @@ mod tests {
                 .matches(&object)
         );
         assert!(Selector::parse("nonsense").is_err());
+        // A label key keeps its dots.
+        let slice = json!({"metadata": {"labels": {"kubernetes.io/service-name": "peers"}}});
+        let by_label = |l: &str| Selector::from_query("", l).unwrap().matches(&slice);
+        assert!(by_label("kubernetes.io/service-name=peers"));
+        assert!(!by_label("kubernetes.io/service-name=other"));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! same validation and hot swap as a file; a rollback decided here is recorded in it so that
 //! every replica and every restart agrees, until a person resumes it or a new canary comes
 //! ([`persist`] decides which rollback applies and what the ConfigMap still needs). (The API
-//! code itself is the `canary-controller` crate's; this is the wiring.)
+//! code itself is the `canary-controller` crate's; this is the wiring.) With `--fleet`, the
+//! replicas judge as one ([`fleet`]).
 
+mod fleet;
 mod persist;
 
 use std::future::Future;
@@ -13,17 +15,19 @@ use anyhow::Context;
 use canary_controller::{Client, ConfigMapRef, EventKind, SourceEvent};
 use canary_proxy::runtime::Runtime;
 use futures_util::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use persist::{Content, Persister, rollback_to_apply};
 
-/// Connects to the API server and starts following `target`; the runtime is not ready until
-/// the ConfigMap's first good content has been applied.
+/// Connects to the API server and starts following `target` (and, with `fleet`, the fleet
+/// behind that Service); the runtime is not ready until the ConfigMap's first good content has
+/// been applied.
 pub async fn start(
     runtime: Arc<Runtime>,
     target: &str,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    fleet: Option<&str>,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let cm: ConfigMapRef = target
         .parse()
@@ -32,7 +36,22 @@ pub async fn start(
         .await
         .context("cannot load the Kubernetes client configuration")?;
     runtime.set_source_state(false, format!("waiting for ConfigMap {cm}"));
-    Ok(tokio::spawn(follow(runtime, client, cm, shutdown)))
+    let fleet = match fleet {
+        Some(service) => Some(fleet::start(
+            runtime.clone(),
+            client.clone(),
+            service,
+            stop.clone(),
+        )?),
+        None => None,
+    };
+    let source = tokio::spawn(follow(runtime, client, cm, stopped(stop)));
+    Ok(tokio::spawn(async move {
+        let _ = source.await;
+        if let Some(fleet) = fleet {
+            let _ = fleet.await;
+        }
+    }))
 }
 
 async fn follow(
@@ -129,6 +148,11 @@ fn on_source_event(
             persister.prompt();
         }
     }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone): shutdown has begun.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Records an Event in its own task: a courtesy to the operator that never holds anything up.

@@ -67,6 +67,10 @@ struct Args {
     /// Worker threads; 1 runs everything on one thread. Default: one per core.
     #[arg(long, env = "CANARY_PROXY_WORKERS")]
     workers: Option<usize>,
+    /// Judge rollbacks on the whole fleet's evidence, as NAMESPACE/SERVICE: peers from that
+    /// headless Service's EndpointSlices, one judge elected by a Lease of the same name.
+    #[arg(long, env = "CANARY_PROXY_FLEET", requires = "configmap")]
+    fleet: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -138,7 +142,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         #[cfg(feature = "kubernetes")]
         (None, Some(target)) => {
             let runtime = Runtime::new(metrics, format!("configmap:{target}"));
-            let task = kubernetes::start(runtime.clone(), target, stopped(stop_rx.clone())).await?;
+            let task = kubernetes::start(
+                runtime.clone(),
+                target,
+                args.fleet.as_deref(),
+                stop_rx.clone(),
+            )
+            .await?;
             (runtime, task)
         }
         _ => bail!("--configmap needs the `kubernetes` feature, which this build does not include"),
