@@ -232,10 +232,20 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     let report = simulate::simulate(&options);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    print_report(args.json, &report, || report.markdown(&options), started)
+}
+
+/// A simulation's report: JSON on stdout, or its tables and the time it took.
+fn print_report<R: serde::Serialize>(
+    json: bool,
+    report: &R,
+    markdown: impl FnOnce() -> String,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print!("{}", report.markdown(&options));
+        print!("{}", markdown());
         eprintln!("simulated in {:.0?}", started.elapsed());
     }
     Ok(())
@@ -252,13 +262,7 @@ fn run_simulate_fleet(args: &SimulateArgs) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     let report = simulate::fleet::simulate_fleet(&options);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.markdown(&options));
-        eprintln!("simulated in {:.0?}", started.elapsed());
-    }
-    Ok(())
+    print_report(args.json, &report, || report.markdown(&options), started)
 }
 
 /// A tokio runtime with `workers` threads (one per core by default; 1 = current thread).

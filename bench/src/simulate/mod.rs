@@ -382,8 +382,12 @@ fn fmt_seconds(s: f64) -> String {
         format!("{:.1} d", s / DAY)
     } else if s >= 3600.0 {
         format!("{:.1} h", s / 3600.0)
-    } else {
+    } else if s >= 10.0 {
         format!("{s:.0} s")
+    } else if s >= 1.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{:.0} ms", s * 1000.0)
     }
 }
 
