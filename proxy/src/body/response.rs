@@ -134,13 +134,18 @@ enum End {
 impl ResponseBody {
     /// Streams `body` from an upstream; `pending` is the exchange to account at its end.
     pub fn upstream(body: Incoming, lease: Lease, runtime: Arc<Runtime>, pending: Pending) -> Self {
-        ResponseBody::Upstream(Streamed {
+        let mut streamed = Streamed {
             body,
             lease: Some(lease),
             runtime,
             pending: Some(pending),
             idle: None,
-        })
+        };
+        // Nothing to read (HEAD, 204, 304, an empty body): over already.
+        if streamed.body.is_end_stream() {
+            streamed.settle(End::Clean);
+        }
+        ResponseBody::Upstream(streamed)
     }
 
     /// A body the proxy wrote.
@@ -164,6 +169,10 @@ impl Body for ResponseBody {
                     s.progressed();
                     if let Some(trailers) = frame.trailers_ref() {
                         s.settle(End::Trailers(crate::proxy::grpc_status(trailers)));
+                    } else if s.body.is_end_stream() {
+                        // The last piece: accounted before the client can have it, so whoever
+                        // got the response also sees it counted.
+                        s.settle(End::Clean);
                     }
                     Poll::Ready(Some(Ok(frame)))
                 }
