@@ -103,7 +103,7 @@ async fn respond(conn: &ClientConn, mut req: Request<Incoming>) -> Response<Resp
     });
     let req = Request::from_parts(head, body);
     let runtime = runtime.clone();
-    forward(runtime, &table, choice, req, tunnel).await
+    forward(runtime, table, choice, req, tunnel).await
 }
 
 /// The client side of a tunnel the request asks for, and what it may use.
@@ -126,7 +126,7 @@ fn expects_continue(headers: &HeaderMap) -> bool {
 /// Sends `req` to the chosen color, and to stable instead if it could not reach the canary.
 async fn forward(
     runtime: Arc<Runtime>,
-    table: &Arc<RouteTable>,
+    table: Arc<RouteTable>,
     mut choice: Choice,
     mut req: Request<RequestBody>,
     client_upgrade: Option<Tunnel>,
@@ -142,7 +142,7 @@ async fn forward(
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let Some(client) = client_upgrade else {
                         runtime.account(
-                            table,
+                            &table,
                             choice,
                             Outcome::NoResponse(ErrorKind::Reset),
                             latency,
@@ -152,20 +152,15 @@ async fn forward(
                             "the upstream switched protocols unasked\n",
                         );
                     };
-                    runtime.account(table, choice, Outcome::Response(101), latency);
+                    runtime.account(&table, choice, Outcome::Response(101), latency);
                     tokio::spawn(tunnel(client, hyper::upgrade::on(&mut response)));
                     return switching_protocols(response);
                 }
-                let pending = Pending {
-                    table: table.clone(),
-                    choice,
-                    status: response.status().as_u16(),
-                    latency,
-                    judged: match grpc_outcome(&response) {
-                        Some(GrpcOutcome::Trailers) => Judged::GrpcTrailers,
-                        Some(GrpcOutcome::Status(code)) => Judged::Grpc(code),
-                        None => Judged::Status,
-                    },
+                let status = response.status().as_u16();
+                let judged = match grpc_outcome(&response) {
+                    Some(GrpcOutcome::Trailers) => Judged::GrpcTrailers,
+                    Some(GrpcOutcome::Status(code)) => Judged::Grpc(code),
+                    None => Judged::Status,
                 };
                 let (mut head, body) = response.into_parts();
                 headers::to_client(&mut head);
@@ -173,6 +168,14 @@ async fn forward(
                     head.headers
                         .insert(name.clone(), HeaderValue::from_static(color.as_str()));
                 }
+                // The request's own table goes with its body, to account it at its end.
+                let pending = Pending {
+                    table,
+                    choice,
+                    status,
+                    latency,
+                    judged,
+                };
                 let body = ResponseBody::upstream(body, lease, runtime, pending);
                 return Response::from_parts(head, body);
             }
@@ -183,7 +186,7 @@ async fn forward(
             // The client broke its own request: nothing to hold against the upstream.
             Fault::Client(fault) => return client_fault(fault),
         };
-        runtime.account(table, choice, Outcome::NoResponse(kind), started.elapsed());
+        runtime.account(&table, choice, Outcome::NoResponse(kind), started.elapsed());
         debug!(color = %color, upstream = %upstream.addr, error = %failure.error, "upstream failed");
         match failure.request {
             // Never reached the canary: stable can take it without any risk of doing it twice.

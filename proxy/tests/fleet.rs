@@ -57,18 +57,7 @@ fn admin_addresses(first: u8) -> Vec<SocketAddr> {
 }
 
 async fn fleet(first: u8, keys: &[(&str, &str)]) -> Fleet {
-    let (blue, green) = (
-        TestUpstream::start("blue").await,
-        TestUpstream::start("green").await,
-    );
-    let api = FakeApiServer::start().await;
-    let (b, g) = (blue.authority(), green.authority());
-    let mut data = vec![
-        ("blue.upstream", b.as_str()),
-        ("green.upstream", g.as_str()),
-    ];
-    data.extend_from_slice(keys);
-    api.create_configmap(NS, NAME, &data);
+    let (api, (blue, green)) = FakeApiServer::with_colors(NS, NAME, keys).await;
     let admins = admin_addresses(first);
     let ready: Vec<(SocketAddr, bool)> = admins.iter().map(|a| (*a, true)).collect();
     api.set_endpoints(NS, PEERS, "admin", &ready);

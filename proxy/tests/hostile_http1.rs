@@ -23,13 +23,9 @@ const WAIT: Duration = Duration::from_secs(5);
 
 /// A proxy whose both colors are one recording upstream, with extra config keys.
 async fn proxy_to(upstream: &RecordingUpstream, extra: &[(&str, &str)]) -> ProxyProcess {
-    let authority = upstream.authority();
-    let mut config = vec![
-        ("blue.upstream", authority.as_str()),
-        ("green.upstream", authority.as_str()),
-    ];
-    config.extend_from_slice(extra);
-    ProxyProcess::start(bin(), &config).await.unwrap()
+    ProxyProcess::in_front_of(bin(), &upstream.authority(), extra)
+        .await
+        .unwrap()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -599,15 +595,9 @@ async fn trailers_pass_both_ways() {
         ))
         .await;
     let authority = scripted.authority();
-    let proxy = ProxyProcess::start(
-        bin(),
-        &[
-            ("blue.upstream", &authority),
-            ("green.upstream", &authority),
-        ],
-    )
-    .await
-    .unwrap();
+    let proxy = ProxyProcess::in_front_of(bin(), &authority, &[])
+        .await
+        .unwrap();
     let reply = RawConn::exchange(
         proxy.addr,
         b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n",
@@ -645,15 +635,9 @@ async fn expect_100_continue_waits_for_the_upstream() {
         ))
         .await;
     let authority = refusing.authority();
-    let proxy = ProxyProcess::start(
-        bin(),
-        &[
-            ("blue.upstream", &authority),
-            ("green.upstream", &authority),
-        ],
-    )
-    .await
-    .unwrap();
+    let proxy = ProxyProcess::in_front_of(bin(), &authority, &[])
+        .await
+        .unwrap();
     let mut conn = RawConn::connect(proxy.addr).await.unwrap();
     conn.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
         .await

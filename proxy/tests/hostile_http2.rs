@@ -26,15 +26,9 @@ fn bin() -> &'static Path {
 
 async fn proxy_to(upstream: &RecordingUpstream) -> ProxyProcess {
     let authority = upstream.authority();
-    ProxyProcess::start(
-        bin(),
-        &[
-            ("blue.upstream", &authority),
-            ("green.upstream", &authority),
-        ],
-    )
-    .await
-    .unwrap()
+    ProxyProcess::in_front_of(bin(), &authority, &[])
+        .await
+        .unwrap()
 }
 
 /// Warms the proxy with a few HTTP/2 requests, then returns its RSS in KiB.

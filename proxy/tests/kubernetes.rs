@@ -53,18 +53,7 @@ struct Cluster {
 }
 
 async fn cluster(keys: &[(&str, &str)]) -> Cluster {
-    let (blue, green) = (
-        TestUpstream::start("blue").await,
-        TestUpstream::start("green").await,
-    );
-    let api = FakeApiServer::start().await;
-    let (b, g) = (blue.authority(), green.authority());
-    let mut data = vec![
-        ("blue.upstream", b.as_str()),
-        ("green.upstream", g.as_str()),
-    ];
-    data.extend_from_slice(keys);
-    api.create_configmap(NS, NAME, &data);
+    let (api, (blue, green)) = FakeApiServer::with_colors(NS, NAME, keys).await;
     let proxy = start(&api).await;
     wait_ready(&proxy).await;
     Cluster {

@@ -111,15 +111,9 @@ async fn weight_shifts_and_reloads_under_load_have_no_errors() {
 async fn sigterm_drains_in_flight_requests_and_closes_idle_connections() {
     let upstream = RecordingUpstream::start().await;
     let authority = upstream.authority();
-    let mut proxy = ProxyProcess::start(
-        bin(),
-        &[
-            ("blue.upstream", &authority),
-            ("green.upstream", &authority),
-        ],
-    )
-    .await
-    .unwrap();
+    let mut proxy = ProxyProcess::in_front_of(bin(), &authority, &[])
+        .await
+        .unwrap();
     let addr = proxy.addr;
 
     // 30 idle HTTP/1.1 connections, each after one request.

@@ -395,14 +395,10 @@ async fn a_websocket_tunnel_lives_through_a_sigterm_drain_then_closes_cleanly() 
 async fn idle_tunnels_are_closed_and_their_number_is_capped() {
     let echo_upstream = EchoUpstream::start("blue").await;
     let authority = echo_upstream.addr.to_string();
-    let proxy = ProxyProcess::start(
+    let proxy = ProxyProcess::in_front_of(
         bin(),
-        &[
-            ("blue.upstream", &authority),
-            ("green.upstream", &authority),
-            ("timeout.tunnel-idle", "1s"),
-            ("limit.tunnels", "1"),
-        ],
+        &authority,
+        &[("timeout.tunnel-idle", "1s"), ("limit.tunnels", "1")],
     )
     .await
     .unwrap();
@@ -438,15 +434,9 @@ async fn idle_tunnels_are_closed_and_their_number_is_capped() {
 async fn http2_cookies_are_joined_and_grpc_web_is_plain_http() {
     let upstream = RecordingUpstream::start().await;
     let authority = upstream.authority();
-    let proxy = ProxyProcess::start(
-        bin(),
-        &[
-            ("blue.upstream", &authority),
-            ("green.upstream", &authority),
-        ],
-    )
-    .await
-    .unwrap();
+    let proxy = ProxyProcess::in_front_of(bin(), &authority, &[])
+        .await
+        .unwrap();
     let req = Request::get(format!("http://{}/", proxy.addr))
         .header("cookie", "a=1")
         .header("cookie", "b=2")
@@ -466,15 +456,9 @@ async fn http2_cookies_are_joined_and_grpc_web_is_plain_http() {
     ))
     .await;
     let authority = grpc_web.authority();
-    let proxy = ProxyProcess::start(
-        bin(),
-        &[
-            ("blue.upstream", &authority),
-            ("green.upstream", &authority),
-        ],
-    )
-    .await
-    .unwrap();
+    let proxy = ProxyProcess::in_front_of(bin(), &authority, &[])
+        .await
+        .unwrap();
     let reply = proxy.client().get("/", &[]).await.unwrap();
     assert_eq!(
         (reply.status.as_u16(), &reply.body[..]),

@@ -48,6 +48,8 @@ use tokio_rustls::TlsAcceptor;
 use serve::{bind, kubeconfig, serve, tls_acceptor};
 use store::{Key, Store};
 
+use crate::upstream::TestUpstream;
+
 /// Requests kept in the log that [`FakeApiServer::requests`] returns.
 const REQUEST_LOG_LIMIT: usize = 10_000;
 
@@ -190,6 +192,28 @@ impl FakeApiServer {
     /// If the port cannot be bound or the temporary directory cannot be written.
     pub async fn start() -> Self {
         Self::launch(false)
+    }
+
+    /// A server holding ConfigMap `namespace/name` that points blue and green at two new test
+    /// upstreams, with `keys` besides; the upstreams are returned to keep them serving.
+    pub async fn with_colors(
+        namespace: &str,
+        name: &str,
+        keys: &[(&str, &str)],
+    ) -> (Self, (TestUpstream, TestUpstream)) {
+        let (blue, green) = (
+            TestUpstream::start("blue").await,
+            TestUpstream::start("green").await,
+        );
+        let api = Self::start().await;
+        let (b, g) = (blue.authority(), green.authority());
+        let mut data = vec![
+            ("blue.upstream", b.as_str()),
+            ("green.upstream", g.as_str()),
+        ];
+        data.extend_from_slice(keys);
+        api.create_configmap(namespace, name, &data);
+        (api, (blue, green))
     }
 
     /// Like [`FakeApiServer::start`], over HTTPS: a fresh self-signed certificate for

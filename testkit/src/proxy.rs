@@ -39,6 +39,18 @@ impl ProxyProcess {
         Self::start_with(binary, Source::File(config), &[]).await
     }
 
+    /// Starts `binary` with both colors at one upstream, `authority`, plus `extra` keys: for
+    /// tests of the HTTP path, where the color does not matter.
+    pub async fn in_front_of(
+        binary: &Path,
+        authority: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<ProxyProcess, String> {
+        let mut config = vec![("blue.upstream", authority), ("green.upstream", authority)];
+        config.extend_from_slice(extra);
+        Self::start(binary, &config).await
+    }
+
     /// Starts `binary` with `source` and `extra` arguments; waits until both listeners are up.
     pub async fn start_with(
         binary: &Path,
