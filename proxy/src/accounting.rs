@@ -18,6 +18,7 @@ use crate::rollback::sequential::Verdict;
 use crate::rollback::tally::Evidence;
 use crate::route::{Choice, RouteTable};
 use crate::runtime::Runtime;
+use crate::upstream::endpoints::Served;
 
 /// How often the timer looks at the evidence.
 const TICK: Duration = Duration::from_millis(100);
@@ -36,12 +37,15 @@ pub enum Outcome {
 }
 
 impl Runtime {
-    /// Counts `outcome` for the color `choice` sent the request to, whose response headers came
-    /// `latency` after it was sent, and on a weighted canary failure asks for a verdict.
+    /// Counts `outcome` for the color `choice` sent the request to, at the endpoint `served`,
+    /// whose response headers came `latency` after it was sent, and on a weighted canary
+    /// failure asks for a verdict. A failure that is the endpoint's own fault (see
+    /// [`outlier`](crate::upstream::outlier)) is counted but is not evidence.
     pub fn account(
         &self,
         table: &Arc<RouteTable>,
         choice: Choice,
+        served: &Served,
         outcome: Outcome,
         latency: Duration,
     ) {
@@ -79,11 +83,17 @@ impl Runtime {
             }
         };
         let latency = (!matches!(outcome, Outcome::NoResponse(_))).then_some(latency);
-        self.tally.record(color, choice.evidence, failed, latency);
+        let excused = table.upstreams[color.index()].outcome(served, failed, latency);
+        let evidence = if excused {
+            Evidence::Forced
+        } else {
+            choice.evidence
+        };
+        self.tally.record(color, evidence, failed, latency);
 
         // Successes cannot make a rollback due, so the healthy path stops here.
         if failed
-            && choice.evidence == Evidence::Weighted
+            && evidence == Evidence::Weighted
             && color == table.config.canary()
             && judging(table)
             && let Some(verdict) = table.judge.after_failure(self.look(table))

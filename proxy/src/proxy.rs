@@ -136,14 +136,15 @@ async fn forward(
         let color = choice.color;
         let started = Instant::now();
         let upstream = &table.upstreams[color.index()];
-        let failure = match upstream.send(req, config.timeouts).await {
-            Ok((mut response, lease)) => {
+        let missed = match upstream.send(req, config.timeouts).await {
+            Ok((mut response, lease, served)) => {
                 let latency = started.elapsed();
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let Some(client) = client_upgrade else {
                         runtime.account(
                             &table,
                             choice,
+                            &served,
                             Outcome::NoResponse(ErrorKind::Reset),
                             latency,
                         );
@@ -152,7 +153,7 @@ async fn forward(
                             "the upstream switched protocols unasked\n",
                         );
                     };
-                    runtime.account(&table, choice, Outcome::Response(101), latency);
+                    runtime.account(&table, choice, &served, Outcome::Response(101), latency);
                     tokio::spawn(tunnel(client, hyper::upgrade::on(&mut response)));
                     return switching_protocols(response);
                 }
@@ -175,19 +176,29 @@ async fn forward(
                     status,
                     latency,
                     judged,
+                    served,
                 };
                 let body = ResponseBody::upstream(body, lease, runtime, pending);
                 return Response::from_parts(head, body);
             }
-            Err(failure) => failure,
+            Err(missed) => missed,
         };
+        let failure = missed.failure;
         let kind = match failure.fault {
             Fault::Upstream(kind) => kind,
             // The client broke its own request: nothing to hold against the upstream.
             Fault::Client(fault) => return client_fault(fault),
         };
-        runtime.account(&table, choice, Outcome::NoResponse(kind), started.elapsed());
-        debug!(color = %color, upstream = %upstream.addr, error = %failure.error, "upstream failed");
+        let served = missed.served;
+        runtime.account(
+            &table,
+            choice,
+            &served,
+            Outcome::NoResponse(kind),
+            started.elapsed(),
+        );
+        let endpoint = &served.endpoint().upstream.addr;
+        debug!(color = %color, %endpoint, error = %failure.error, "upstream failed");
         match failure.request {
             // Never reached the canary: stable can take it without any risk of doing it twice.
             Some(unsent) if color == config.canary() && config.retry_canary_connect_failure => {

@@ -13,7 +13,7 @@ use crate::config::{Color, Config, HeaderRule, Sticky};
 use crate::rollback::judge::Judge;
 use crate::rollback::sequential::{Counts, Plan};
 use crate::rollback::tally::Evidence;
-use crate::upstream::Upstream;
+use crate::upstream::endpoints::Endpoints;
 
 /// Everything a request needs to be routed and accounted, swapped as one snapshot.
 #[derive(Clone)]
@@ -22,8 +22,8 @@ pub struct RouteTable {
     pub config: Arc<Config>,
     /// The configuration's revision (ConfigMap resourceVersion or content hash).
     pub revision: Arc<str>,
-    /// Upstream per color, with its connection pool key.
-    pub upstreams: [Arc<Upstream>; 2],
+    /// Endpoints per color, with their pools, loads and outlier states.
+    pub upstreams: [Arc<Endpoints>; 2],
     /// The rollback test's constants, from the rollback policy.
     pub plan: Plan,
     /// The canary's test; carried over across reloads while the canary stays the same.
@@ -61,12 +61,8 @@ impl RouteTable {
     pub fn new(config: Config, revision: &str) -> RouteTable {
         let policy = &config.rollback;
         RouteTable {
-            upstreams: Color::ALL.map(|c| {
-                Arc::new(Upstream::new(
-                    config.upstream(c).clone(),
-                    config.protocol(c),
-                ))
-            }),
+            upstreams: Color::ALL
+                .map(|c| Arc::new(Endpoints::new(config.upstream(c), config.protocol(c), None))),
             plan: Plan::new(
                 policy.max_error_rate,
                 policy.confidence,

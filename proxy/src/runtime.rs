@@ -18,6 +18,7 @@ use crate::rollback::history::History;
 use crate::rollback::judge::Judge;
 use crate::rollback::tally::Tally;
 use crate::route::{RolledBack, RouteTable};
+use crate::upstream::endpoints::Endpoints;
 
 /// A rollback the data path decided, for whoever persists it (the Kubernetes write-back).
 #[derive(Clone, Debug)]
@@ -336,10 +337,20 @@ fn carry_over(fresh: &RouteTable, previous: Option<&RouteTable>, tally: &Tally) 
         }
     }
     if let Some(p) = previous {
-        for (new, old) in table.upstreams.iter_mut().zip(&p.upstreams) {
-            if new.addr == old.addr && new.protocol == old.protocol {
-                *new = old.clone();
-            }
+        for color in Color::ALL {
+            let i = color.index();
+            let config = &table.config;
+            table.upstreams[i] = if config.upstream(color) == p.config.upstream(color)
+                && config.protocol(color) == p.config.protocol(color)
+            {
+                p.upstreams[i].clone()
+            } else {
+                Arc::new(Endpoints::new(
+                    config.upstream(color),
+                    config.protocol(color),
+                    Some(&p.upstreams[i]),
+                ))
+            };
         }
     }
     table

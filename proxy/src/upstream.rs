@@ -6,6 +6,13 @@
 //! connection goes back to the pool only when its response body has been read to the end, so
 //! an idle connection is always ready for the next request. A worker opens another h2c
 //! connection when the upstream's stream limit is reached on the ones it has.
+//!
+//! A color has one or more endpoints ([`endpoints`]); an [`Upstream`] here is one of them.
+//! [`balance`] chooses the endpoint of each request and [`outlier`] ejects a failing one.
+
+mod balance;
+pub mod endpoints;
+pub mod outlier;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -42,7 +49,7 @@ const MAX_H2_CONNECTIONS: usize = 8;
 /// many it allows (hyper's own initial limit).
 const INITIAL_STREAMS: usize = 100;
 
-/// One color's upstream.
+/// One endpoint's address, how to talk to it, and the key of its pools.
 #[derive(Debug)]
 pub struct Upstream {
     /// Where it is.

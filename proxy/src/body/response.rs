@@ -22,6 +22,7 @@ use crate::metrics::ErrorKind;
 use crate::route::{Choice, RouteTable};
 use crate::runtime::Runtime;
 use crate::upstream::Lease;
+use crate::upstream::endpoints::Served;
 
 /// A response body.
 pub enum ResponseBody {
@@ -67,6 +68,8 @@ pub struct Pending {
     pub latency: Duration,
     /// How the exchange's success is judged.
     pub judged: Judged,
+    /// The endpoint that answered, counting the exchange in flight until it is accounted.
+    pub served: Served,
 }
 
 /// How an exchange's success is read.
@@ -91,7 +94,8 @@ impl Streamed {
                 (_, Judged::Grpc(code)) => Outcome::Grpc(code),
                 _ => Outcome::Response(p.status),
             };
-            self.runtime.account(&p.table, p.choice, outcome, p.latency);
+            self.runtime
+                .account(&p.table, p.choice, &p.served, outcome, p.latency);
         }
     }
 

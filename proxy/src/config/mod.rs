@@ -67,8 +67,8 @@ impl fmt::Display for Color {
 /// A validated configuration snapshot. Immutable once built.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Upstream address per color, indexed by [`Color::index`].
-    pub upstreams: [UpstreamAddr; 2],
+    /// Upstream endpoints per color, indexed by [`Color::index`].
+    pub upstreams: [Upstreams; 2],
     /// Protocol spoken to each color's upstream (`blue.protocol`, `green.protocol`).
     pub protocols: [Protocol; 2],
     /// The color that takes the traffic the canary does not.
@@ -178,8 +178,8 @@ impl Config {
         self.stable.other()
     }
 
-    /// The upstream address of `color`.
-    pub fn upstream(&self, color: Color) -> &UpstreamAddr {
+    /// The upstream endpoints of `color`.
+    pub fn upstream(&self, color: Color) -> &Upstreams {
         &self.upstreams[color.index()]
     }
 
@@ -219,6 +219,30 @@ impl UpstreamAddr {
 impl fmt::Display for UpstreamAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.authority.as_str())
+    }
+}
+
+/// A color's upstream: one or more addresses, each request balanced across them. Written as
+/// the key's value was: the addresses joined by `,`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstreams {
+    /// The addresses, at least one and at most [`MAX_ENDPOINTS`], none twice.
+    pub endpoints: Vec<UpstreamAddr>,
+}
+
+/// The most endpoints a color may have: it bounds the per-endpoint state on `/status` and the
+/// linear scans of the balancer and the pools.
+pub const MAX_ENDPOINTS: usize = 64;
+
+impl fmt::Display for Upstreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, addr) in self.endpoints.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            fmt::Display::fmt(addr, f)?;
+        }
+        Ok(())
     }
 }
 

@@ -9,8 +9,8 @@ use http::uri::Authority;
 use regex::Regex;
 
 use super::{
-    Cidr, ClientPolicy, Color, Config, GrpcCodes, HeaderRule, Protocol, RollbackPolicy, StatusSet,
-    Sticky, Timeouts, UpstreamAddr,
+    Cidr, ClientPolicy, Color, Config, GrpcCodes, HeaderRule, MAX_ENDPOINTS, Protocol,
+    RollbackPolicy, StatusSet, Sticky, Timeouts, UpstreamAddr, Upstreams,
 };
 
 /// Every key the configuration knows, in DESIGN.md's order.
@@ -305,9 +305,25 @@ fn size(v: &str) -> Result<u64, String> {
     n.checked_mul(scale).ok_or_else(|| "is too large".into())
 }
 
-fn upstream(keys: &Keys<'_>, key: &'static str) -> Result<UpstreamAddr, ConfigError> {
+fn upstream(keys: &Keys<'_>, key: &'static str) -> Result<Upstreams, ConfigError> {
     let value = keys.required(key)?.trim();
-    parse_upstream(value).map_err(|reason| invalid(key, value, reason))
+    parse_upstreams(value).map_err(|reason| invalid(key, value, reason))
+}
+
+/// A comma-separated list of `host:port`: the static endpoints of one color.
+fn parse_upstreams(value: &str) -> Result<Upstreams, String> {
+    let mut endpoints: Vec<UpstreamAddr> = Vec::new();
+    for part in value.split(',') {
+        let addr = parse_upstream(part.trim())?;
+        if endpoints.contains(&addr) {
+            return Err(format!("names `{addr}` twice"));
+        }
+        endpoints.push(addr);
+    }
+    if endpoints.len() > MAX_ENDPOINTS {
+        return Err(format!("has more than {MAX_ENDPOINTS} endpoints"));
+    }
+    Ok(Upstreams { endpoints })
 }
 
 fn parse_upstream(value: &str) -> Result<UpstreamAddr, String> {

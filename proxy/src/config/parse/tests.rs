@@ -287,7 +287,7 @@ fn every_key_is_read() {
     ]))
     .unwrap();
     assert_eq!(c.upstream(Color::Blue).to_string(), "[::1]:80");
-    assert_eq!(c.upstream(Color::Blue).host(), "::1");
+    assert_eq!(c.upstream(Color::Blue).endpoints[0].host(), "::1");
     assert_eq!(
         c.upstream(Color::Green).to_string(),
         "green.prod.svc.cluster.local:8080"
@@ -330,4 +330,32 @@ fn empty_optional_values_mean_unset() {
     let c = Config::from_map(&map(&[("canary-weight", ""), ("canary-by-header", " ")])).unwrap();
     assert_eq!(c.weight, 0);
     assert!(c.by_header.is_none());
+}
+
+#[test]
+fn an_upstream_may_be_a_list_of_endpoints() {
+    let c = Config::from_map(&map(&[(
+        "green.upstream",
+        "127.0.0.11:8080, 127.0.0.12:8080,http://green-2:80",
+    )]))
+    .unwrap();
+    let green = c.upstream(Color::Green);
+    assert_eq!(green.endpoints.len(), 3);
+    assert_eq!(
+        green.to_string(),
+        "127.0.0.11:8080,127.0.0.12:8080,green-2:80"
+    );
+    let many = (0..=MAX_ENDPOINTS)
+        .map(|i| format!("10.0.{}.{}:80", i / 200, i % 200 + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    for (value, reason) in [
+        ("a:80,a:80", "names `a:80` twice"),
+        ("a:80,", "is not a valid `host:port`"),
+        ("a:80,b", "has no port: write `host:port`"),
+        (many.as_str(), "has more than 64 endpoints"),
+    ] {
+        let message = error(&[("green.upstream", value)]);
+        assert!(message.ends_with(reason), "{value}: {message}");
+    }
 }

@@ -1,0 +1,154 @@
+//! The balancer's arithmetic. Each endpoint's cost is a peak-sensitive moving average of its
+//! latency times its requests in flight plus one (the "peak EWMA" of Finagle and
+//! linkerd2-proxy); a request goes to the cheaper of two endpoints drawn at random ("power of
+//! two choices"). Two draws come close to the least loaded of all without reading all, and do
+//! not send every worker to the same endpoint at once as always-least-loaded would.
+//!
+//! The state is atomics read and written by every worker without a lock; two updates racing
+//! may lose one sample, which only makes the estimate a little older.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// How fast the latency average forgets, in nanoseconds: a sample's weight falls by `e` in it.
+/// An idle endpoint's estimate decays toward 0 on the same scale, so a slow endpoint is tried
+/// again after a while instead of being starved for ever.
+const DECAY_NS: f64 = 10e9;
+
+/// Added to every estimate so that requests in flight still count while the estimates are 0
+/// (a new endpoint, an idle set): 100 µs, about one loopback exchange.
+const FLOOR_NS: f64 = 100_000.0;
+
+/// One endpoint's load.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Requests sent and not yet over.
+    in_flight: AtomicU64,
+    /// The latency estimate in nanoseconds (`f64` bits), as of `stamp`.
+    estimate: AtomicU64,
+    /// When the estimate was last written, in nanoseconds on the caller's clock.
+    stamp: AtomicU64,
+}
+
+impl Load {
+    /// The cost of sending one more request at `now`: the decayed estimate times the requests
+    /// in flight plus one.
+    pub fn cost(&self, now: u64) -> f64 {
+        let pending = self.in_flight.load(Relaxed) as f64 + 1.0;
+        (self.estimate_at(now) + FLOOR_NS) * pending
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// A request starts.
+    pub fn start(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// A request is over.
+    pub fn finish(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// Takes in a latency sample of `latency_ns` seen at `now`: above the estimate it becomes
+    /// the estimate at once (a slowing endpoint is noticed on its first slow answer); below, it
+    /// moves the estimate by the weight its age gives it.
+    pub fn observe(&self, latency_ns: u64, now: u64) {
+        let sample = latency_ns as f64;
+        let previous = self.estimate_at(now);
+        let next = if sample >= previous {
+            sample
+        } else {
+            let elapsed = now.saturating_sub(self.stamp.load(Relaxed)) as f64;
+            // At least a small step, so that a burst of fast answers is not ignored.
+            let keep = (-elapsed / DECAY_NS).exp().min(0.9);
+            previous * keep + sample * (1.0 - keep)
+        };
+        self.estimate.store(next.to_bits(), Relaxed);
+        self.stamp.store(now, Relaxed);
+    }
+
+    /// The estimate decayed toward 0 for the time since it was written.
+    fn estimate_at(&self, now: u64) -> f64 {
+        let estimate = f64::from_bits(self.estimate.load(Relaxed));
+        if estimate == 0.0 {
+            return 0.0;
+        }
+        let elapsed = now.saturating_sub(self.stamp.load(Relaxed)) as f64;
+        estimate * (-elapsed / DECAY_NS).exp()
+    }
+}
+
+/// Two different indices below `n` (`n` ≥ 2) from one random number.
+pub fn two_of(n: usize, random: u64) -> (usize, usize) {
+    debug_assert!(n >= 2);
+    let a = (random % n as u64) as usize;
+    let b = ((random >> 32) % (n as u64 - 1)) as usize;
+    // b is drawn from the n - 1 others: skip over a.
+    (a, if b >= a { b + 1 } else { b })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn in_flight_counts_while_estimates_are_zero() {
+        let (idle, busy) = (Load::default(), Load::default());
+        busy.start();
+        assert!(idle.cost(0) < busy.cost(0));
+        busy.finish();
+        assert_eq!(idle.cost(0), busy.cost(0));
+    }
+
+    #[test]
+    fn a_slow_sample_is_taken_at_once_and_forgotten_slowly() {
+        let load = Load::default();
+        load.observe(MS, 0);
+        load.observe(100 * MS, 1);
+        assert!(load.cost(1) > 99.0 * MS as f64);
+        // Fast answers pull it down over several samples, not in one.
+        load.observe(MS, 2);
+        let after_one = load.cost(2);
+        assert!(after_one > 50.0 * MS as f64, "{after_one}");
+        for t in 3..60 {
+            load.observe(MS, t);
+        }
+        assert!(load.cost(60) < 5.0 * MS as f64);
+    }
+
+    #[test]
+    fn an_idle_estimate_decays_toward_zero() {
+        let load = Load::default();
+        load.observe(100 * MS, 0);
+        let later = load.cost(120_000 * MS);
+        assert!(later < 2.0 * FLOOR_NS, "{later}");
+    }
+
+    #[test]
+    fn two_of_draws_two_different_indices_evenly() {
+        let mut seen = [[0u32; 5]; 5];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..50_000 {
+            // xorshift: any spread of bits will do here.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (a, b) = two_of(5, x);
+            assert_ne!(a, b);
+            seen[a][b] += 1;
+        }
+        for (a, row) in seen.iter().enumerate() {
+            for (b, &count) in row.iter().enumerate() {
+                if a != b {
+                    // 2,500 expected per ordered pair; 5 σ is 250.
+                    assert!((2_250..2_750).contains(&count), "{a},{b}: {count}");
+                }
+            }
+        }
+    }
+}
