@@ -6,6 +6,10 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+mod endpoints;
+
+pub use endpoints::EndpointMetrics;
+
 use crate::config::Color;
 use crate::rollback::sequential::Counts;
 use crate::rollback::tally::Tally;
@@ -116,6 +120,8 @@ pub struct Metrics {
     pub fleet_isolated: IntGauge,
     /// `canary_proxy_fleet_judge`: 1 on the replica that holds the judge's Lease.
     pub fleet_judge: IntGauge,
+    /// The per-endpoint series, brought up to the endpoints when scraped.
+    pub endpoints: EndpointMetrics,
 }
 
 impl Metrics {
@@ -243,7 +249,9 @@ impl Metrics {
                 }),
             }
         });
+        let endpoints = EndpointMetrics::register(&registry)?;
         Ok(Metrics {
+            endpoints,
             registry,
             colors,
             reloads_ok: reloads.with_label_values(&["ok"]),

@@ -98,11 +98,14 @@ fn route(runtime: &Runtime, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     match req.uri().path() {
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            runtime.metrics.render(&runtime.tally),
-        ),
+        "/metrics" => {
+            runtime.metrics.endpoints.sync(runtime.routes().as_deref());
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                runtime.metrics.render(&runtime.tally),
+            )
+        }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if runtime.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" if runtime.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),

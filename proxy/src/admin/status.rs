@@ -10,6 +10,7 @@ use crate::rollback::history::Summary;
 use crate::rollback::sequential::{self, Counts, Verdict};
 use crate::route::RouteTable;
 use crate::runtime::Runtime;
+use crate::upstream::endpoints::EndpointStatus;
 
 #[derive(Serialize)]
 struct Status<'a> {
@@ -85,6 +86,8 @@ struct ColorStatus {
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     requests_total: u64,
+    /// Each endpoint with its state and its counts since it was configured.
+    endpoints: Vec<EndpointStatus>,
 }
 
 #[derive(Serialize)]
@@ -207,6 +210,7 @@ fn color_status(
         p50_ms: window.p50.map(ms),
         p99_ms: window.p99.map(ms),
         requests_total: runtime.metrics.color(color).requests_total(),
+        endpoints: table.upstreams[color.index()].status(),
     }
 }
 

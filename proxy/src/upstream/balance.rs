@@ -1,8 +1,15 @@
 //! The balancer's arithmetic. Each endpoint's cost is a peak-sensitive moving average of its
 //! latency times its requests in flight plus one (the "peak EWMA" of Finagle and
-//! linkerd2-proxy); a request goes to the cheaper of two endpoints drawn at random ("power of
-//! two choices"). Two draws come close to the least loaded of all without reading all, and do
-//! not send every worker to the same endpoint at once as always-least-loaded would.
+//! linkerd2-proxy); a request goes to one of two endpoints drawn at random ("power of two
+//! choices"). Two draws come close to the least loaded of all without reading all, and do not
+//! send every worker to the same endpoint at once as always-least-loaded would.
+//!
+//! Of the two, the cheaper is taken with a probability that grows with the gap: with costs
+//! `a` and `b`, the first with probability `b / (a + b)`. Always taking the cheaper starves an
+//! endpoint whose estimate one slow answer raised: it loses every draw, so it gets no request
+//! that would bring its estimate down, until time decays it. Under load the costs are far
+//! apart (requests in flight multiply them) and the choice is nearly the strict one; with
+//! little load and equal endpoints it stays an even split.
 //!
 //! The state is atomics read and written by every worker without a lock; two updates racing
 //! may lose one sample, which only makes the estimate a little older.
@@ -10,9 +17,12 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// How fast the latency average forgets, in nanoseconds: a sample's weight falls by `e` in it.
-/// An idle endpoint's estimate decays toward 0 on the same scale, so a slow endpoint is tried
-/// again after a while instead of being starved for ever.
+/// An idle endpoint's estimate decays toward 0 on the same scale.
 const DECAY_NS: f64 = 10e9;
+
+/// The least weight a sample below the estimate gets: however dense the samples, a few fast
+/// answers bring down an estimate one slow answer raised.
+const MIN_STEP: f64 = 0.25;
 
 /// Added to every estimate so that requests in flight still count while the estimates are 0
 /// (a new endpoint, an idle set): 100 µs, about one loopback exchange.
@@ -62,8 +72,7 @@ impl Load {
             sample
         } else {
             let elapsed = now.saturating_sub(self.stamp.load(Relaxed)) as f64;
-            // At least a small step, so that a burst of fast answers is not ignored.
-            let keep = (-elapsed / DECAY_NS).exp().min(0.9);
+            let keep = (-elapsed / DECAY_NS).exp().min(1.0 - MIN_STEP);
             previous * keep + sample * (1.0 - keep)
         };
         self.estimate.store(next.to_bits(), Relaxed);
@@ -79,6 +88,14 @@ impl Load {
         let elapsed = now.saturating_sub(self.stamp.load(Relaxed)) as f64;
         estimate * (-elapsed / DECAY_NS).exp()
     }
+}
+
+/// Whether to take the first of two endpoints costing `a` and `b`: with probability
+/// `b / (a + b)`, drawn from `random`.
+pub fn prefer_first(a: f64, b: f64, random: u64) -> bool {
+    // 53 random bits as a fraction in [0, 1).
+    let draw = (random >> 11) as f64 / (1u64 << 53) as f64;
+    draw * (a + b) < b
 }
 
 /// Two different indices below `n` (`n` ≥ 2) from one random number.
@@ -115,10 +132,10 @@ mod tests {
         load.observe(MS, 2);
         let after_one = load.cost(2);
         assert!(after_one > 50.0 * MS as f64, "{after_one}");
-        for t in 3..60 {
+        for t in 3..20 {
             load.observe(MS, t);
         }
-        assert!(load.cost(60) < 5.0 * MS as f64);
+        assert!(load.cost(20) < 2.0 * MS as f64);
     }
 
     #[test]
@@ -127,6 +144,24 @@ mod tests {
         load.observe(100 * MS, 0);
         let later = load.cost(120_000 * MS);
         assert!(later < 2.0 * FLOOR_NS, "{later}");
+    }
+
+    #[test]
+    fn the_cheaper_is_preferred_by_the_gap() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut first = [0u32; 3];
+        for _ in 0..30_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            first[0] += u32::from(prefer_first(1.0, 1.0, x));
+            first[1] += u32::from(prefer_first(1.0, 3.0, x));
+            first[2] += u32::from(prefer_first(1.0, 99.0, x));
+        }
+        // 15,000, 22,500 and 29,700 expected; σ ≤ 87.
+        assert!((14_500..15_500).contains(&first[0]), "{first:?}");
+        assert!((22_000..23_000).contains(&first[1]), "{first:?}");
+        assert!(first[2] > 29_400, "{first:?}");
     }
 
     #[test]
