@@ -250,7 +250,7 @@ impl Endpoints {
         let well = self
             .endpoints
             .iter()
-            .filter(|e| e.outlier.streak() == 0)
+            .filter(|e| e.outlier.streak() == 0 && e.requests.load(Relaxed) > 0)
             .count();
         outlier::excused(streak, n, well)
     }

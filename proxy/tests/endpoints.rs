@@ -1,0 +1,182 @@
+//! End-to-end: a color at several endpoints (pods on loopback addresses, a static list in the
+//! config file). Each request is balanced across a color's pods; one failing pod is ejected
+//! without blaming its version; a fault on every pod still rolls the canary back; a request
+//! that could not connect to one pod goes to another pod of the same color.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use canary_testkit::proxy::ProxyProcess;
+use canary_testkit::upstream::TestUpstream;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_canary-proxy"))
+}
+
+/// `n` test upstreams of `color` at 127.0.0.`first`, 127.0.0.`first + 1`, ... as pods are at
+/// their own addresses.
+async fn pods(color: &'static str, first: u8, n: u8) -> Vec<TestUpstream> {
+    let mut pods = Vec::new();
+    for i in 0..n {
+        let addr = ([127, 0, 0, first + i], 0).into();
+        pods.push(TestUpstream::start_at(addr, color).await);
+    }
+    pods
+}
+
+/// The config value listing `pods`.
+fn list(pods: &[TestUpstream]) -> String {
+    pods.iter()
+        .map(TestUpstream::authority)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The proxy in front of three blue and three green pods, with `extra` keys.
+async fn three_and_three(
+    extra: &[(&str, &str)],
+) -> (Vec<TestUpstream>, Vec<TestUpstream>, ProxyProcess) {
+    let (blue, green) = (pods("blue", 11, 3).await, pods("green", 21, 3).await);
+    let (b, g) = (list(&blue), list(&green));
+    let mut config = vec![
+        ("blue.upstream", b.as_str()),
+        ("green.upstream", g.as_str()),
+    ];
+    config.extend_from_slice(extra);
+    let proxy = ProxyProcess::start(bin(), &config).await.unwrap();
+    (blue, green, proxy)
+}
+
+/// Sends `n` GETs over `clients` keep-alive connections at once; returns the statuses.
+async fn send(proxy: &ProxyProcess, n: usize, clients: usize) -> Vec<u16> {
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let client = proxy.client();
+            let share = n / clients + usize::from(c < n % clients);
+            tokio::spawn(async move {
+                let mut statuses = Vec::with_capacity(share);
+                for _ in 0..share {
+                    let reply = client.get("/", &[]).await.expect("a reply");
+                    statuses.push(reply.status.as_u16());
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(n);
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test]
+async fn requests_spread_evenly_across_a_colors_pods_under_keep_alive() {
+    let (blue, green, proxy) = three_and_three(&[("canary-weight", "50")]).await;
+    let statuses = tokio::time::timeout(Duration::from_secs(60), send(&proxy, 3_000, 8))
+        .await
+        .expect("3,000 requests within a minute");
+    assert!(statuses.iter().all(|&s| s == 200));
+    for (color, pods) in [("blue", &blue), ("green", &green)] {
+        let served: Vec<u64> = pods.iter().map(TestUpstream::served).collect();
+        let total: u64 = served.iter().sum();
+        // Each request goes to one of three pods: binomial(total, 1/3) if spread evenly.
+        let mean = total as f64 / 3.0;
+        let sigma = (total as f64 * (1.0 / 3.0) * (2.0 / 3.0)).sqrt();
+        eprintln!("{color}: {served:?} of {total}, mean {mean:.0}, σ {sigma:.1}");
+        assert!(total > 1_000, "{color} got {total}");
+        for count in served {
+            assert!(
+                (count as f64 - mean).abs() <= 4.0 * sigma,
+                "{color}: {count} against {mean:.0} ± 4 × {sigma:.1}"
+            );
+        }
+    }
+    let status = proxy.status().await;
+    let endpoints = status["colors"]["green"]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 3);
+    assert!(
+        endpoints.iter().all(|e| e["state"] == "ready"),
+        "{status:#}"
+    );
+}
+
+#[tokio::test]
+async fn one_failing_pod_is_ejected_and_the_canary_is_not_rolled_back() {
+    let (_blue, green, proxy) = three_and_three(&[("canary-weight", "50")]).await;
+    green[0].set_status(500);
+    let statuses = tokio::time::timeout(Duration::from_secs(60), send(&proxy, 1_000, 4))
+        .await
+        .expect("1,000 requests within a minute");
+    let errors = statuses.iter().filter(|&&s| s == 500).count();
+    let status = proxy.status().await;
+    eprintln!("{errors} errors; green: {:#}", status["colors"]["green"]);
+    assert_eq!(status["rollback"]["rolled_back"], false, "{status:#}");
+    // Five in a row eject it; more only if a probe came back within the run.
+    assert!(
+        (5..=10).contains(&errors),
+        "{errors} clients saw the bad pod"
+    );
+    let endpoints = status["colors"]["green"]["endpoints"].as_array().unwrap();
+    let bad = green[0].authority();
+    let ejected = endpoints.iter().find(|e| e["address"] == bad).unwrap();
+    assert_eq!(ejected["state"], "ejected", "{status:#}");
+    assert_eq!(ejected["ejections"], 1);
+    assert!(green[1].served() > 100 && green[2].served() > 100);
+    assert_eq!(
+        proxy
+            .metric("canary_proxy_endpoints{color=\"green\",state=\"ejected\"}")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        proxy
+            .metric(&format!(
+                "canary_proxy_endpoint_requests_total{{color=\"green\",endpoint=\"{bad}\",result=\"failure\"}}"
+            ))
+            .await,
+        Some(errors as f64)
+    );
+}
+
+#[tokio::test]
+async fn a_fault_on_every_canary_pod_rolls_back_as_fast_as_today() {
+    let (_blue, green, proxy) = three_and_three(&[("canary-weight", "50")]).await;
+    for pod in &green {
+        pod.set_status(500);
+    }
+    let client = proxy.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut errors = 0;
+    for _ in 0..1_000 {
+        let reply = client.get("/", &[]).await.unwrap();
+        errors += usize::from(reply.status == 500);
+        if proxy.status().await["rollback"]["rolled_back"] == true || Instant::now() > deadline {
+            break;
+        }
+    }
+    let status = proxy.status().await;
+    assert_eq!(status["rollback"]["rolled_back"], true, "{status:#}");
+    // `rollback.min-requests` (20) failures in a row roll back at once; a pod's first
+    // failures, before the others have failed, may be excused.
+    assert!(
+        (20..=26).contains(&errors),
+        "{errors} failures before the rollback"
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_cannot_connect_to_one_pod_goes_to_another_of_its_color() {
+    let (_blue, mut green, proxy) = three_and_three(&[("canary-weight", "100")]).await;
+    let dead = green.remove(0);
+    drop(dead);
+    let client = proxy.client();
+    for _ in 0..100 {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!((reply.status.as_u16(), reply.color()), (200, "green"));
+    }
+    assert_eq!(green[0].served() + green[1].served(), 100);
+    let status = proxy.status().await;
+    assert_eq!(status["rollback"]["rolled_back"], false);
+    assert_eq!(status["colors"]["green"]["failures"], 0, "{status:#}");
+}
