@@ -37,15 +37,17 @@ pub enum Outcome {
 }
 
 impl Runtime {
-    /// Counts `outcome` for the color `choice` sent the request to, at the endpoint `served`,
+    /// Counts `outcome` for the color `choice` sent the request to, at the endpoint `served`
+    /// (none when the color had none),
     /// whose response headers came `latency` after it was sent, and on a weighted canary
     /// failure asks for a verdict. A failure that is the endpoint's own fault (see
-    /// [`outlier`](crate::upstream::outlier)) is counted but is not evidence.
+    /// [`outlier`](crate::upstream::outlier)) is held, then counted as forced (not evidence);
+    /// one that turns out to be the version's is counted as weighted, late.
     pub fn account(
         &self,
         table: &Arc<RouteTable>,
         choice: Choice,
-        served: &Served,
+        served: Option<&Served>,
         outcome: Outcome,
         latency: Duration,
     ) {
@@ -83,17 +85,31 @@ impl Runtime {
             }
         };
         let latency = (!matches!(outcome, Outcome::NoResponse(_))).then_some(latency);
-        let excused = table.upstreams[color.index()].outcome(served, failed, latency);
-        let evidence = if excused {
-            Evidence::Forced
-        } else {
-            choice.evidence
+        let weighted = choice.evidence == Evidence::Weighted;
+        let settled =
+            served.map(|s| table.upstreams[color.index()].outcome(s, failed, latency, weighted));
+        let against_version = match settled {
+            // A weighted failure at an endpoint: recorded as the endpoints' rule settles it.
+            Some(settled) if failed && weighted => {
+                let mut latency = latency;
+                for (evidence, count) in [
+                    (Evidence::Forced, settled.pod),
+                    (Evidence::Weighted, settled.version),
+                ] {
+                    for _ in 0..count {
+                        self.tally.record(color, evidence, true, latency.take());
+                    }
+                }
+                settled.version > 0
+            }
+            _ => {
+                self.tally.record(color, choice.evidence, failed, latency);
+                failed && weighted
+            }
         };
-        self.tally.record(color, evidence, failed, latency);
 
         // Successes cannot make a rollback due, so the healthy path stops here.
-        if failed
-            && evidence == Evidence::Weighted
+        if against_version
             && color == table.config.canary()
             && judging(table)
             && let Some(verdict) = table.judge.after_failure(self.look(table))

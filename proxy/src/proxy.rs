@@ -144,7 +144,7 @@ async fn forward(
                         runtime.account(
                             &table,
                             choice,
-                            &served,
+                            Some(&served),
                             Outcome::NoResponse(ErrorKind::Reset),
                             latency,
                         );
@@ -153,7 +153,13 @@ async fn forward(
                             "the upstream switched protocols unasked\n",
                         );
                     };
-                    runtime.account(&table, choice, &served, Outcome::Response(101), latency);
+                    runtime.account(
+                        &table,
+                        choice,
+                        Some(&served),
+                        Outcome::Response(101),
+                        latency,
+                    );
                     tokio::spawn(tunnel(client, hyper::upgrade::on(&mut response)));
                     return switching_protocols(response);
                 }
@@ -193,12 +199,16 @@ async fn forward(
         runtime.account(
             &table,
             choice,
-            &served,
+            served.as_ref(),
             Outcome::NoResponse(kind),
             started.elapsed(),
         );
-        let endpoint = &served.endpoint().upstream.addr;
-        debug!(color = %color, %endpoint, error = %failure.error, "upstream failed");
+        if let Some(served) = &served {
+            let endpoint = &served.endpoint().upstream.addr;
+            debug!(color = %color, %endpoint, error = %failure.error, "upstream failed");
+        } else {
+            debug!(color = %color, error = %failure.error, "upstream failed");
+        }
         match failure.request {
             // Never reached the canary: stable can take it without any risk of doing it twice.
             Some(unsent) if color == config.canary() && config.retry_canary_connect_failure => {

@@ -45,6 +45,8 @@ const MAX_IDLE: usize = 256;
 const ATTEMPTS: usize = 3;
 /// h2c connections per upstream per thread, at most; past it requests wait for a stream.
 const MAX_H2_CONNECTIONS: usize = 8;
+/// How often a connection of a retired endpoint looks whether its exchange is over.
+const RETIRED_CHECK: Duration = Duration::from_millis(50);
 /// Streams the proxy opens on an h2c connection before the upstream's SETTINGS has said how
 /// many it allows (hyper's own initial limit).
 const INITIAL_STREAMS: usize = 100;
@@ -60,6 +62,9 @@ pub struct Upstream {
     literal: Option<SocketAddr>,
     /// Pool key: the same upstream shares idle connections across config reloads.
     key: u64,
+    /// Turned true when the endpoint leaves its color (a pod going away): its connections
+    /// close as soon as they are idle.
+    retired: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why a request got no response from the upstream.
@@ -142,7 +147,18 @@ impl Upstream {
             protocol,
             literal,
             key,
+            retired: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Closes its connections as soon as each is idle; it gets no new request.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
+    /// Whether it was retired.
+    pub fn is_retired(&self) -> bool {
+        *self.retired.borrow()
     }
 
     /// Sends `req` and waits for the response headers.
@@ -295,10 +311,12 @@ impl Upstream {
         let idle_since = Arc::new(AtomicU64::new(0));
         let idle = idle_since.clone();
         let timeout = timeouts.upstream_idle;
+        let mut retired = self.retired.subscribe();
         tokio::spawn(async move {
             // Upgrades (WebSocket) take the connection over after a 101.
             let conn = conn.with_upgrades();
             tokio::pin!(conn);
+            let mut check = timeout;
             loop {
                 tokio::select! {
                     ended = &mut conn => {
@@ -307,13 +325,15 @@ impl Upstream {
                         }
                         return;
                     }
-                    () = tokio::time::sleep(timeout) => {
-                        let since = idle.load(Relaxed);
-                        if since != 0 && idle_now().saturating_sub(since) >= timeout.as_millis() as u64 {
-                            // Dropping the connection closes it; its pool entry reads closed.
-                            return;
-                        }
-                    }
+                    () = tokio::time::sleep(check) => {}
+                    // Once retired, an exchange under way is let finish: looked at often.
+                    Ok(_) = retired.wait_for(|r| *r), if check == timeout => check = RETIRED_CHECK.min(timeout),
+                }
+                let since = idle.load(Relaxed);
+                let expired = idle_now().saturating_sub(since) >= timeout.as_millis() as u64;
+                if since != 0 && (expired || check != timeout) {
+                    // Dropping the connection closes it; its pool entry reads closed.
+                    return;
                 }
             }
         });
@@ -341,9 +361,29 @@ impl Upstream {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError(ErrorKind::Connect, e.to_string()))?;
+        let mut retired = self.retired.subscribe();
+        let open = streams.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "upstream h2 connection ended");
+            tokio::pin!(conn);
+            tokio::select! {
+                ended = &mut conn => {
+                    if let Err(e) = ended {
+                        debug!(error = %e, "upstream h2 connection ended");
+                    }
+                    return;
+                }
+                Ok(_) = retired.wait_for(|r| *r) => {}
+            }
+            // Retired: closed once its streams are over.
+            loop {
+                tokio::select! {
+                    _ = &mut conn => return,
+                    () = tokio::time::sleep(RETIRED_CHECK) => {
+                        if open.open.load(Relaxed) == 0 {
+                            return;
+                        }
+                    }
+                }
             }
         });
         Ok((sender, streams))
@@ -376,6 +416,13 @@ impl Upstream {
             }
         }
         Err(last.unwrap_or_else(|| io::Error::other("the name resolved to no address")))
+    }
+}
+
+impl Drop for Upstream {
+    /// An endpoint no configuration uses any more closes its connections as they go idle.
+    fn drop(&mut self) {
+        self.retire();
     }
 }
 
@@ -650,6 +697,9 @@ fn put(key: u64, conn: Pooled) {
         let idle = match pool.iter().position(|(k, _)| *k == key) {
             Some(i) => &mut pool[i].1,
             None => {
+                // A new endpoint: forget those whose connections have all closed (endpoints
+                // gone), so that the pool does not grow with every pod ever seen.
+                pool.retain(|(_, idle)| idle.iter().any(|c| !c.sender.is_closed()));
                 pool.push((key, Vec::new()));
                 &mut pool.last_mut().expect("just pushed").1
             }
@@ -673,7 +723,8 @@ fn put(key: u64, conn: Pooled) {
 /// the least busy one.
 fn take_h2(key: u64) -> Option<H2Conn> {
     H2.with_borrow_mut(|conns| {
-        conns.retain(|(k, (sender, _))| *k != key || !sender.is_closed());
+        // Every key's closed connections go, those of endpoints gone included.
+        conns.retain(|(_, (sender, _))| !sender.is_closed());
         let mine = || conns.iter().filter(|(k, _)| *k == key).map(|(_, c)| c);
         if let Some(free) = mine().find(|(_, streams)| streams.free()) {
             return Some(free.clone());

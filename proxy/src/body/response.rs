@@ -95,7 +95,7 @@ impl Streamed {
                 _ => Outcome::Response(p.status),
             };
             self.runtime
-                .account(&p.table, p.choice, &p.served, outcome, p.latency);
+                .account(&p.table, p.choice, Some(&p.served), outcome, p.latency);
         }
     }
 

@@ -222,27 +222,53 @@ impl fmt::Display for UpstreamAddr {
     }
 }
 
-/// A color's upstream: one or more addresses, each request balanced across them. Written as
-/// the key's value was: the addresses joined by `,`.
+/// A color's upstream: the endpoints each request is balanced across. Written as the key's
+/// value was (a list joined by `,`, or `svc:NAME.NAMESPACE:PORT`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Upstreams {
-    /// The addresses, at least one and at most [`MAX_ENDPOINTS`], none twice.
-    pub endpoints: Vec<UpstreamAddr>,
+pub enum Upstreams {
+    /// A fixed list: at least one address and at most [`MAX_ENDPOINTS`], none twice.
+    Static(Vec<UpstreamAddr>),
+    /// A Kubernetes Service: its ready endpoints, followed through its EndpointSlices.
+    Service(ServiceRef),
 }
 
-/// The most endpoints a color may have: it bounds the per-endpoint state on `/status` and the
-/// linear scans of the balancer and the pools.
+/// A Kubernetes Service and the port of its endpoints that serves HTTP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRef {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+    /// The port's name in the Service (and so in its EndpointSlices), or a port number on the
+    /// pods.
+    pub port: String,
+}
+
+/// The most endpoints a color may have: it bounds the per-endpoint state on `/status` and in
+/// the metrics, and the linear scans of the balancer and the pools. A Service with more
+/// ready endpoints is balanced over the first this many, by address.
 pub const MAX_ENDPOINTS: usize = 64;
 
 impl fmt::Display for Upstreams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, addr) in self.endpoints.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
+        match self {
+            Upstreams::Static(endpoints) => {
+                for (i, addr) in endpoints.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    fmt::Display::fmt(addr, f)?;
+                }
+                Ok(())
             }
-            fmt::Display::fmt(addr, f)?;
+            Upstreams::Service(service) => fmt::Display::fmt(service, f),
         }
-        Ok(())
+    }
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "svc:{}.{}:{}", self.name, self.namespace, self.port)
     }
 }
 

@@ -10,7 +10,7 @@ use regex::Regex;
 
 use super::{
     Cidr, ClientPolicy, Color, Config, GrpcCodes, HeaderRule, MAX_ENDPOINTS, Protocol,
-    RollbackPolicy, StatusSet, Sticky, Timeouts, UpstreamAddr, Upstreams,
+    RollbackPolicy, ServiceRef, StatusSet, Sticky, Timeouts, UpstreamAddr, Upstreams,
 };
 
 /// Every key the configuration knows, in DESIGN.md's order.
@@ -310,8 +310,11 @@ fn upstream(keys: &Keys<'_>, key: &'static str) -> Result<Upstreams, ConfigError
     parse_upstreams(value).map_err(|reason| invalid(key, value, reason))
 }
 
-/// A comma-separated list of `host:port`: the static endpoints of one color.
+/// A Service reference (`svc:NAME.NAMESPACE:PORT`) or a comma-separated list of `host:port`.
 fn parse_upstreams(value: &str) -> Result<Upstreams, String> {
+    if let Some(service) = value.strip_prefix("svc:") {
+        return parse_service(service).map(Upstreams::Service);
+    }
     let mut endpoints: Vec<UpstreamAddr> = Vec::new();
     for part in value.split(',') {
         let addr = parse_upstream(part.trim())?;
@@ -323,7 +326,41 @@ fn parse_upstreams(value: &str) -> Result<Upstreams, String> {
     if endpoints.len() > MAX_ENDPOINTS {
         return Err(format!("has more than {MAX_ENDPOINTS} endpoints"));
     }
-    Ok(Upstreams { endpoints })
+    Ok(Upstreams::Static(endpoints))
+}
+
+/// `NAME.NAMESPACE:PORT`, each name a DNS label (RFC 1123) as Kubernetes requires, the port
+/// a name or a number.
+fn parse_service(value: &str) -> Result<ServiceRef, String> {
+    const FORM: &str = "write a Service as `svc:NAME.NAMESPACE:PORT`";
+    let (names, port) = value
+        .split_once(':')
+        .ok_or_else(|| format!("has no port: {FORM}"))?;
+    let (name, namespace) = names
+        .split_once('.')
+        .ok_or_else(|| format!("has no namespace: {FORM}"))?;
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    if !label(name) || !label(namespace) {
+        return Err(format!(
+            "has an invalid Service name or namespace (lowercase letters, digits and `-`): {FORM}"
+        ));
+    }
+    let number_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    if !label(port) || (port.bytes().all(|b| b.is_ascii_digit()) && !number_ok) {
+        return Err(format!("has an invalid port `{port}`: {FORM}"));
+    }
+    Ok(ServiceRef {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        port: port.to_owned(),
+    })
 }
 
 fn parse_upstream(value: &str) -> Result<UpstreamAddr, String> {

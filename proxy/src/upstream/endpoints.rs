@@ -2,10 +2,17 @@
 //! outlier ejection leaves in; a request that could not connect to one is tried on another
 //! of the same color. Each endpoint has its own keep-alive pools (per thread, keyed by its
 //! address), its load, its outlier state and its counters for `/status`.
+//!
+//! A static list is fixed for the life of its configuration. A Service's endpoints arrive as
+//! data ([`Endpoints::update`]) and are swapped in as one snapshot that the request path reads
+//! without a lock; an endpoint that leaves gets no new request and its idle connections are
+//! closed.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -17,7 +24,7 @@ use super::balance::{Load, prefer_first, two_of};
 use super::outlier::{self, Outlier, State};
 use super::{Failure, Fault, Lease, Upstream};
 use crate::body::RequestBody;
-use crate::config::{Protocol, Timeouts, Upstreams};
+use crate::config::{MAX_ENDPOINTS, Protocol, Timeouts, UpstreamAddr, Upstreams};
 use crate::metrics::ErrorKind;
 
 /// Endpoints of one color a request may be tried on when it could not connect.
@@ -77,8 +84,18 @@ impl Drop for Served {
 pub struct Missed {
     /// Why the last attempt failed.
     pub failure: Failure,
-    /// The endpoint of the last attempt.
-    pub served: Served,
+    /// The endpoint of the last attempt; `None` when the color has no endpoint at all.
+    pub served: Option<Served>,
+}
+
+/// Weighted failures settled by one outcome: to be recorded now as rollback evidence against
+/// the version, or as the pod's fault (counted, not evidence).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attribution {
+    /// Failures that are evidence against the version.
+    pub version: u64,
+    /// Failures that were one pod's own.
+    pub pod: u64,
 }
 
 /// One endpoint as `/status` shows it.
@@ -100,44 +117,72 @@ pub struct EndpointStatus {
     pub ejections: u64,
 }
 
-/// A color's endpoints, fixed for the life of one configuration.
+/// A color's endpoints.
 #[derive(Debug)]
 pub struct Endpoints {
     /// How to talk to them.
     pub protocol: Protocol,
-    /// The endpoints, in the configured order; never empty.
-    endpoints: Vec<Arc<Endpoint>>,
+    /// The endpoints: in the configured order for a list, by address for a Service.
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// Weighted failures excused as a pod's own while the pod is not yet ejected: not yet
+    /// evidence either way.
+    held: AtomicU64,
 }
 
 impl Endpoints {
-    /// The endpoints of `upstreams`, spoken to with `protocol`. An endpoint of `previous` at
-    /// the same address is kept with its pools, load and outlier state.
+    /// The endpoints of `upstreams`, spoken to with `protocol`: a static list's addresses, or
+    /// none yet for a Service. An endpoint of `previous` at the same address is kept with its
+    /// pools, load and outlier state; for a Service, all of `previous`'s are, until the next
+    /// [`update`](Endpoints::update).
     pub fn new(
         upstreams: &Upstreams,
         protocol: Protocol,
         previous: Option<&Endpoints>,
     ) -> Endpoints {
-        let kept = |addr| {
-            previous
-                .filter(|p| p.protocol == protocol)?
-                .endpoints
-                .iter()
-                .find(|e| &e.upstream.addr == addr)
-                .cloned()
+        let previous = previous.filter(|p| p.protocol == protocol);
+        let set = Endpoints {
+            protocol,
+            endpoints: ArcSwap::from_pointee(Vec::new()),
+            held: AtomicU64::new(0),
         };
-        let endpoints = upstreams
-            .endpoints
+        match (upstreams, previous) {
+            (Upstreams::Static(addrs), _) => {
+                set.endpoints.store(Arc::new(set.build(addrs, previous)));
+            }
+            (Upstreams::Service(_), Some(previous)) => {
+                set.endpoints.store(previous.endpoints.load_full());
+            }
+            (Upstreams::Service(_), None) => {}
+        }
+        set
+    }
+
+    /// Makes `addrs` the endpoints (the first [`MAX_ENDPOINTS`]): those already here are kept
+    /// with their state, new ones take requests from now on, and those gone get no new request
+    /// and have their idle connections closed.
+    pub fn update(&self, addrs: &[UpstreamAddr]) {
+        let addrs = &addrs[..addrs.len().min(MAX_ENDPOINTS)];
+        let fresh = self.build(addrs, Some(self));
+        let old = self.endpoints.swap(Arc::new(fresh));
+        for gone in old.iter().filter(|e| !addrs.contains(&e.upstream.addr)) {
+            gone.upstream.retire();
+        }
+    }
+
+    /// Endpoints at `addrs`, reusing those of `previous` at the same addresses.
+    fn build(&self, addrs: &[UpstreamAddr], previous: Option<&Endpoints>) -> Vec<Arc<Endpoint>> {
+        let previous = previous.map(|p| p.endpoints.load_full());
+        addrs
             .iter()
             .map(|addr| {
-                kept(addr).unwrap_or_else(|| {
-                    Arc::new(Endpoint::new(Upstream::new(addr.clone(), protocol)))
-                })
+                previous
+                    .as_ref()
+                    .and_then(|p| p.iter().find(|e| &e.upstream.addr == addr).cloned())
+                    .unwrap_or_else(|| {
+                        Arc::new(Endpoint::new(Upstream::new(addr.clone(), self.protocol)))
+                    })
             })
-            .collect();
-        Endpoints {
-            protocol,
-            endpoints,
-        }
+            .collect()
     }
 
     /// Sends `req` to an endpoint and waits for the response headers. A request that could not
@@ -151,114 +196,116 @@ impl Endpoints {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (index, endpoint) = self.pick(tried, now());
-            tried |= 1 << index;
-            let served = Served::start(endpoint);
-            match endpoint.upstream.send(req, timeouts).await {
+            let (served, n) = {
+                let endpoints = self.endpoints.load();
+                let Some(index) = pick(&endpoints, tried, now()) else {
+                    return Err(Missed {
+                        failure: Failure {
+                            fault: Fault::Upstream(ErrorKind::Connect),
+                            error: "the upstream has no ready endpoint".into(),
+                            request: Some(req),
+                        },
+                        served: None,
+                    });
+                };
+                tried |= 1 << index;
+                (Served::start(&endpoints[index]), endpoints.len())
+            };
+            match served.0.upstream.send(req, timeouts).await {
                 Ok((response, lease)) => return Ok((response, lease, served)),
                 Err(Failure {
                     fault: Fault::Upstream(kind @ (ErrorKind::Connect | ErrorKind::Timeout)),
                     error,
                     request: Some(unsent),
-                }) if attempt < CONNECT_ATTEMPTS.min(self.endpoints.len()) => {
-                    tracing::debug!(endpoint = %endpoint.upstream.addr, %error, ?kind, "could not connect, trying another endpoint");
+                }) if attempt < CONNECT_ATTEMPTS.min(n) => {
+                    tracing::debug!(endpoint = %served.0.upstream.addr, %error, ?kind, "could not connect, trying another endpoint");
                     self.record(&served, true);
                     req = unsent;
                 }
-                Err(failure) => return Err(Missed { failure, served }),
+                Err(failure) => {
+                    return Err(Missed {
+                        failure,
+                        served: Some(served),
+                    });
+                }
             }
         }
-    }
-
-    /// The endpoint for the next request: of two drawn at random among those available and not in `tried` (a bit per index); with none available, the cheapest not
-    /// tried, so that a color whose every endpoint is out still gets its requests tried.
-    fn pick(&self, tried: u64, now: u64) -> (usize, &Arc<Endpoint>) {
-        let n = self.endpoints.len();
-        let usable = |i: usize| {
-            let e = &self.endpoints[i];
-            tried & (1 << i) == 0 && e.outlier.available(now, e.load.in_flight())
-        };
-        if n == 1 {
-            return (0, &self.endpoints[0]);
-        }
-        let (a, b) = two_of(n, random());
-        let chosen = match (usable(a), usable(b)) {
-            (true, true) => {
-                let (cost_a, cost_b) = (
-                    self.endpoints[a].load.cost(now),
-                    self.endpoints[b].load.cost(now),
-                );
-                Some(if prefer_first(cost_a, cost_b, random()) {
-                    a
-                } else {
-                    b
-                })
-            }
-            (true, false) => Some(a),
-            (false, true) => Some(b),
-            (false, false) => None,
-        };
-        let index = chosen
-            .or_else(|| self.cheapest(usable, now))
-            .or_else(|| self.cheapest(|i| tried & (1 << i) == 0, now))
-            .unwrap_or(0);
-        (index, &self.endpoints[index])
-    }
-
-    fn cheapest(&self, allowed: impl Fn(usize) -> bool, now: u64) -> Option<usize> {
-        (0..self.endpoints.len())
-            .filter(|&i| allowed(i))
-            .min_by(|&a, &b| {
-                let cost = |i: usize| self.endpoints[i].load.cost(now);
-                cost(a).total_cmp(&cost(b))
-            })
     }
 
     /// Takes in the outcome of a request `served`: its latency (time to the response headers,
-    /// if there was a response) for the balancer, and its success for outlier ejection.
-    /// Returns whether a failure is the endpoint's own fault rather than its version's (see
-    /// [`outlier`]).
-    pub fn outcome(&self, served: &Served, failed: bool, latency: Option<Duration>) -> bool {
-        let now = now();
+    /// if there was a response) for the balancer, and its success for outlier ejection. For a
+    /// failure of a `weighted` request, says how many weighted failures are settled now, as
+    /// the version's or as the pod's (see [`outlier`]): one the pod may be to blame for is held
+    /// until its pod is ejected (the pod's) or a failure elsewhere shows the fault is wider
+    /// (the version's, with every one held).
+    pub fn outcome(
+        &self,
+        served: &Served,
+        failed: bool,
+        latency: Option<Duration>,
+        weighted: bool,
+    ) -> Attribution {
         if let Some(latency) = latency {
-            served.0.load.observe(latency.as_nanos() as u64, now);
+            served.0.load.observe(latency.as_nanos() as u64, now());
         }
-        self.record(served, failed)
+        let (excused, ejected) = self.record(served, failed);
+        if !failed {
+            return Attribution::default();
+        }
+        let current = u64::from(weighted);
+        match (excused, ejected) {
+            (true, false) => {
+                self.held.fetch_add(current, Relaxed);
+                Attribution::default()
+            }
+            (true, true) => Attribution {
+                version: 0,
+                pod: self.held.swap(0, Relaxed) + current,
+            },
+            (false, _) => Attribution {
+                version: self.held.swap(0, Relaxed) + current,
+                pod: 0,
+            },
+        }
     }
 
-    fn record(&self, served: &Served, failed: bool) -> bool {
+    /// Counts one outcome of `served` for ejection; for a failure, returns whether it is
+    /// excused as the endpoint's own and whether it ejected the endpoint.
+    fn record(&self, served: &Served, failed: bool) -> (bool, bool) {
         let endpoint = &served.0;
         endpoint.requests.fetch_add(1, Relaxed);
         let streak = endpoint.outlier.record(failed);
         if !failed {
-            return false;
+            return (false, false);
         }
         endpoint.failures.fetch_add(1, Relaxed);
         let now = now();
-        let n = self.endpoints.len();
+        let endpoints = self.endpoints.load();
+        let n = endpoints.len();
+        let mut ejected = false;
         if endpoint.outlier.due(now) {
-            let ejected = self
-                .endpoints
+            let out = endpoints
                 .iter()
                 .filter(|e| e.outlier.state(now) == State::Ejected)
                 .count();
-            if outlier::may_eject(n, ejected) {
+            if outlier::may_eject(n, out) {
                 tracing::info!(endpoint = %endpoint.upstream.addr, failures = streak, "endpoint ejected");
                 endpoint.outlier.eject(now);
+                ejected = true;
             }
         }
-        let well = self
-            .endpoints
+        let well = endpoints
             .iter()
             .filter(|e| e.outlier.streak() == 0 && e.requests.load(Relaxed) > 0)
             .count();
-        outlier::excused(streak, n, well)
+        (outlier::excused(streak, n, well), ejected)
     }
 
     /// Each endpoint's state, in the configured order.
     pub fn status(&self) -> Vec<EndpointStatus> {
         let now = now();
         self.endpoints
+            .load()
             .iter()
             .map(|e| EndpointStatus {
                 address: e.upstream.addr.to_string(),
@@ -275,13 +322,59 @@ impl Endpoints {
     /// How many endpoints there are, and how many of them are ejected now.
     pub fn counts(&self) -> (usize, usize) {
         let now = now();
-        let ejected = self
-            .endpoints
+        let endpoints = self.endpoints.load();
+        let ejected = endpoints
             .iter()
             .filter(|e| e.outlier.state(now) == State::Ejected)
             .count();
-        (self.endpoints.len(), ejected)
+        (endpoints.len(), ejected)
     }
+}
+
+/// The endpoint for the next request: of two drawn at random among those available and not in
+/// `tried` (a bit per index), the cheaper one more often the cheaper it is (see
+/// [`prefer_first`]); with none available, the cheapest not tried, so that a color whose every
+/// endpoint is out still gets its requests tried. `None` when there is no endpoint to try.
+fn pick(endpoints: &[Arc<Endpoint>], tried: u64, now: u64) -> Option<usize> {
+    let n = endpoints.len();
+    let untried = |i: usize| tried & (1 << i) == 0;
+    let usable = |i: usize| {
+        let e = &endpoints[i];
+        untried(i) && e.outlier.available(now, e.load.in_flight())
+    };
+    if n < 2 {
+        return (n == 1 && untried(0)).then_some(0);
+    }
+    let (a, b) = two_of(n, random());
+    let chosen = match (usable(a), usable(b)) {
+        (true, true) => {
+            let (cost_a, cost_b) = (endpoints[a].load.cost(now), endpoints[b].load.cost(now));
+            Some(if prefer_first(cost_a, cost_b, random()) {
+                a
+            } else {
+                b
+            })
+        }
+        (true, false) => Some(a),
+        (false, true) => Some(b),
+        (false, false) => None,
+    };
+    chosen
+        .or_else(|| cheapest(endpoints, usable, now))
+        .or_else(|| cheapest(endpoints, untried, now))
+}
+
+fn cheapest(
+    endpoints: &[Arc<Endpoint>],
+    allowed: impl Fn(usize) -> bool,
+    now: u64,
+) -> Option<usize> {
+    (0..endpoints.len())
+        .filter(|&i| allowed(i))
+        .min_by(|&a, &b| {
+            let cost = |i: usize| endpoints[i].load.cost(now);
+            cost(a).total_cmp(&cost(b))
+        })
 }
 
 /// Nanoseconds on a process-wide monotonic clock.
@@ -302,21 +395,25 @@ fn random() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::UpstreamAddr;
+    use crate::config::ServiceRef;
 
     fn endpoints(n: usize) -> Endpoints {
-        let upstreams = Upstreams {
-            endpoints: (0..n)
-                .map(|i| UpstreamAddr {
-                    authority: format!("127.0.0.{}:80", 11 + i).parse().unwrap(),
-                })
-                .collect(),
-        };
+        let upstreams = Upstreams::Static((0..n).map(addr).collect());
         Endpoints::new(&upstreams, Protocol::Http1, None)
     }
 
+    fn addr(i: usize) -> UpstreamAddr {
+        UpstreamAddr {
+            authority: format!("127.0.0.{}:80", 11 + i).parse().unwrap(),
+        }
+    }
+
     fn served(set: &Endpoints, i: usize) -> Served {
-        Served::start(&set.endpoints[i])
+        Served::start(&set.endpoints.load()[i])
+    }
+
+    fn pick_one(set: &Endpoints, tried: u64) -> usize {
+        pick(&set.endpoints.load(), tried, now()).unwrap()
     }
 
     #[test]
@@ -324,7 +421,7 @@ mod tests {
         let set = endpoints(3);
         let mut counts = [0u32; 3];
         for _ in 0..3_000 {
-            let (i, _) = set.pick(0, now());
+            let i = pick_one(&set, 0);
             counts[i] += 1;
         }
         // 1,000 expected each; binomial σ ≈ 26, 5 σ allowed.
@@ -338,11 +435,11 @@ mod tests {
         let set = endpoints(3);
         let held: Vec<_> = (0..20).map(|_| served(&set, 0)).collect();
         let slow = served(&set, 1);
-        set.outcome(&slow, false, Some(Duration::from_millis(50)));
+        set.outcome(&slow, false, Some(Duration::from_millis(50)), true);
         drop(slow);
         let mut counts = [0u32; 3];
         for _ in 0..1_000 {
-            counts[set.pick(0, now()).0] += 1;
+            counts[pick_one(&set, 0)] += 1;
         }
         // Endpoint 2 wins every draw it is in: two thirds of them.
         assert!(counts[2] > 600, "{counts:?}");
@@ -353,10 +450,10 @@ mod tests {
     fn a_new_endpoint_gets_requests_at_once() {
         let set = endpoints(2);
         let old = served(&set, 0);
-        set.outcome(&old, false, Some(Duration::from_millis(1)));
+        set.outcome(&old, false, Some(Duration::from_millis(1)), true);
         drop(old);
         // Costs 1.1 ms against 0.1 ms: the new one is taken 11 times in 12.
-        let new = (0..600).filter(|_| set.pick(0, now()).0 == 1).count();
+        let new = (0..600).filter(|_| pick_one(&set, 0) == 1).count();
         assert!(new > 500, "{new}");
     }
 
@@ -364,24 +461,41 @@ mod tests {
     fn tried_endpoints_are_skipped() {
         let set = endpoints(3);
         for _ in 0..100 {
-            let (i, _) = set.pick(0b011, now());
+            let i = pick_one(&set, 0b011);
             assert_eq!(i, 2);
         }
     }
 
+    /// The outcome of a weighted request at endpoint `i`.
+    fn weighted(set: &Endpoints, i: usize, failed: bool) -> Attribution {
+        set.outcome(&served(set, i), failed, None, true)
+    }
+
     #[test]
-    fn a_pod_failing_alone_is_ejected_and_excused() {
+    fn a_pod_failing_alone_is_ejected_and_its_failures_are_its_own() {
         let set = endpoints(3);
         for i in [1, 2] {
-            set.record(&served(&set, i), false);
+            weighted(&set, i, false);
         }
-        let excused: Vec<bool> = (0..outlier::EJECT_AFTER)
-            .map(|_| set.record(&served(&set, 0), true))
+        let settled: Vec<Attribution> = (0..outlier::EJECT_AFTER)
+            .map(|_| weighted(&set, 0, true))
             .collect();
-        assert_eq!(excused, [false, false, true, true, true]);
+        let version = |n| Attribution { version: n, pod: 0 };
+        // Two count against the version; the next two are held; the fifth ejects the pod and
+        // settles the three as its own.
+        assert_eq!(
+            settled,
+            [
+                version(1),
+                version(1),
+                Attribution::default(),
+                Attribution::default(),
+                Attribution { version: 0, pod: 3 },
+            ]
+        );
         assert_eq!(set.counts(), (3, 1));
         for _ in 0..100 {
-            assert_ne!(set.pick(0, now()).0, 0);
+            assert_ne!(pick_one(&set, 0), 0);
         }
         let status = set.status();
         assert_eq!(status[0].state, State::Ejected);
@@ -389,45 +503,78 @@ mod tests {
     }
 
     #[test]
-    fn a_version_failing_on_every_pod_is_not_excused() {
+    fn held_failures_count_against_the_version_once_another_pod_fails() {
         let set = endpoints(3);
-        let mut excused = 0;
+        for i in 0..3 {
+            weighted(&set, i, false);
+        }
+        for _ in 0..2 {
+            weighted(&set, 0, true);
+        }
+        assert_eq!(weighted(&set, 0, true), Attribution::default());
+        assert_eq!(weighted(&set, 1, true), Attribution { version: 2, pod: 0 });
+    }
+
+    #[test]
+    fn a_version_failing_on_every_pod_is_never_excused() {
+        let set = endpoints(3);
+        for i in 0..3 {
+            weighted(&set, i, false);
+        }
+        let mut version = 0;
         for round in 0..10 {
             for i in 0..3 {
-                excused += usize::from(set.record(&served(&set, i), true));
+                let settled = weighted(&set, i, true);
+                assert_eq!(settled.pod, 0);
+                version += settled.version;
                 assert!(set.counts().1 <= 1, "round {round}");
             }
         }
-        assert_eq!(excused, 0);
+        assert_eq!(version, 30);
     }
 
     #[test]
     fn the_last_endpoints_are_tried_even_when_ejected() {
         let set = endpoints(2);
         for _ in 0..outlier::EJECT_AFTER {
-            set.record(&served(&set, 0), true);
+            weighted(&set, 0, true);
         }
         assert_eq!(set.counts(), (2, 1));
-        assert_eq!(set.pick(0b10, now()).0, 0);
+        assert_eq!(pick_one(&set, 0b10), 0);
     }
 
     #[test]
     fn a_reload_keeps_endpoints_at_the_same_address() {
         let old = endpoints(2);
-        let three = endpoints(3);
         let new = Endpoints::new(
-            &Upstreams {
-                endpoints: three
-                    .endpoints
-                    .iter()
-                    .map(|e| e.upstream.addr.clone())
-                    .collect(),
-            },
+            &Upstreams::Static((0..3).map(addr).collect()),
             Protocol::Http1,
             Some(&old),
         );
-        assert!(Arc::ptr_eq(&new.endpoints[0], &old.endpoints[0]));
-        assert!(Arc::ptr_eq(&new.endpoints[1], &old.endpoints[1]));
-        assert!(!Arc::ptr_eq(&new.endpoints[2], &three.endpoints[2]));
+        let (old, new) = (old.endpoints.load(), new.endpoints.load());
+        assert!(Arc::ptr_eq(&new[0], &old[0]));
+        assert!(Arc::ptr_eq(&new[1], &old[1]));
+        assert_eq!(new.len(), 3);
+    }
+
+    #[test]
+    fn a_service_starts_empty_and_follows_its_updates() {
+        let service = Upstreams::Service(ServiceRef {
+            namespace: "prod".into(),
+            name: "green".into(),
+            port: "http".into(),
+        });
+        let set = Endpoints::new(&service, Protocol::Http1, None);
+        assert_eq!(pick(&set.endpoints.load(), 0, now()), None);
+        set.update(&[addr(0), addr(1)]);
+        let first = set.endpoints.load_full();
+        set.update(&[addr(1), addr(2), addr(3)]);
+        let second = set.endpoints.load_full();
+        assert!(Arc::ptr_eq(&first[1], &second[0]), "kept with its state");
+        assert!(first[0].upstream.is_retired());
+        assert!(!second[0].upstream.is_retired());
+        // A reload of the same Service keeps the endpoints until the next update.
+        let reloaded = Endpoints::new(&service, Protocol::Http1, Some(&set));
+        assert_eq!(reloaded.counts(), (3, 0));
     }
 }

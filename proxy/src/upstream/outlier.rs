@@ -7,8 +7,11 @@
 //!   ejected at once: past that the fault is not the pods'.
 //! - A failure is the pod's fault, not the version's, when its endpoint has failed at least
 //!   [`EXCUSE_AFTER`] times in a row and at least half of the color's endpoints answered their
-//!   latest request well (an endpoint that has had no request yet does not count as well). Such a failure is counted but is not rollback evidence. A fault on
-//!   more than half of the pods, or on the only one, stays the version's.
+//!   latest request well (an endpoint that has had no request yet does not count as well).
+//!   Such a failure is held: if its pod is ejected it is settled as the pod's (counted, not
+//!   rollback evidence); if meanwhile another pod's failure is not excused, the fault is wider
+//!   than one pod and every held failure is settled as the version's evidence. A fault on more
+//!   than half of the pods, or on the only one, stays the version's.
 //!
 //! Failures count as failures do for the rollback verdict (`rollback.failure-statuses`, no
 //! response, a broken body). Times are nanoseconds on a clock the caller passes in.

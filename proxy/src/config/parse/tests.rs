@@ -287,7 +287,10 @@ fn every_key_is_read() {
     ]))
     .unwrap();
     assert_eq!(c.upstream(Color::Blue).to_string(), "[::1]:80");
-    assert_eq!(c.upstream(Color::Blue).endpoints[0].host(), "::1");
+    let Upstreams::Static(blue) = c.upstream(Color::Blue) else {
+        panic!("a static upstream")
+    };
+    assert_eq!(blue[0].host(), "::1");
     assert_eq!(
         c.upstream(Color::Green).to_string(),
         "green.prod.svc.cluster.local:8080"
@@ -340,7 +343,7 @@ fn an_upstream_may_be_a_list_of_endpoints() {
     )]))
     .unwrap();
     let green = c.upstream(Color::Green);
-    assert_eq!(green.endpoints.len(), 3);
+    assert!(matches!(green, Upstreams::Static(e) if e.len() == 3));
     assert_eq!(
         green.to_string(),
         "127.0.0.11:8080,127.0.0.12:8080,green-2:80"
@@ -357,5 +360,39 @@ fn an_upstream_may_be_a_list_of_endpoints() {
     ] {
         let message = error(&[("green.upstream", value)]);
         assert!(message.ends_with(reason), "{value}: {message}");
+    }
+}
+
+#[test]
+fn an_upstream_may_be_a_service() {
+    let c = Config::from_map(&map(&[("green.upstream", "svc:shop-green.prod:http")])).unwrap();
+    let green = c.upstream(Color::Green);
+    assert_eq!(
+        green,
+        &Upstreams::Service(ServiceRef {
+            namespace: "prod".into(),
+            name: "shop-green".into(),
+            port: "http".into(),
+        })
+    );
+    assert_eq!(green.to_string(), "svc:shop-green.prod:http");
+    let numbered = Config::from_map(&map(&[("green.upstream", "svc:a.b:8080")])).unwrap();
+    assert_eq!(numbered.upstream(Color::Green).to_string(), "svc:a.b:8080");
+    for (value, reason) in [
+        ("svc:green", "has no port"),
+        ("svc:green:http", "has no namespace"),
+        (
+            "svc:Green.prod:http",
+            "has an invalid Service name or namespace",
+        ),
+        (
+            "svc:green.prod.svc:http",
+            "has an invalid Service name or namespace",
+        ),
+        ("svc:green.prod:", "has an invalid port ``"),
+        ("svc:green.prod:99999", "has an invalid port `99999`"),
+    ] {
+        let message = error(&[("green.upstream", value)]);
+        assert!(message.contains(reason), "{value}: {message}");
     }
 }
