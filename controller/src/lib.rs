@@ -13,12 +13,15 @@
 //! - [`fleet`]: with `--fleet`, the members (the peers' admin addresses) from the
 //!   EndpointSlices of a headless Service.
 //! - [`judge`]: with `--fleet`, the one judge, elected with a `coordination.k8s.io` Lease.
+//! - [`endpoints`]: for a color whose upstream is a Service, its ready endpoints from its
+//!   EndpointSlices.
 //!
 //! This crate knows nothing of the proxy's config types: it hands over the ConfigMap's `data`
 //! as strings and takes rollbacks as plain records.
 
 pub mod client;
 pub mod cm_ref;
+pub mod endpoints;
 pub mod error;
 pub mod events;
 pub mod fleet;

@@ -34,6 +34,8 @@ mod status;
 mod store;
 mod watch;
 
+pub use endpoint_slices::Pod;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -438,6 +440,22 @@ impl FakeApiServer {
         endpoints: &[(SocketAddr, bool)],
     ) {
         let slice = endpoint_slices::slice(service, port_name, endpoints);
+        self.put_slice(namespace, service, slice);
+    }
+
+    /// Like [`FakeApiServer::set_endpoints`], with each pod's state, terminating included.
+    pub fn set_pods(
+        &self,
+        namespace: &str,
+        service: &str,
+        port_name: &str,
+        pods: &[(SocketAddr, Pod)],
+    ) {
+        let slice = endpoint_slices::pod_slice(service, port_name, pods);
+        self.put_slice(namespace, service, slice);
+    }
+
+    fn put_slice(&self, namespace: &str, service: &str, slice: Value) {
         let key = Key {
             resource: endpoint_slices::RESOURCE.into(),
             namespace: namespace.into(),

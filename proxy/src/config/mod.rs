@@ -233,7 +233,7 @@ pub enum Upstreams {
 }
 
 /// A Kubernetes Service and the port of its endpoints that serves HTTP.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceRef {
     /// The Service's namespace.
     pub namespace: String,

@@ -15,9 +15,40 @@ pub(crate) const RESOURCE: &str = "endpointslices";
 /// The label that ties a slice to its Service.
 pub(crate) const SERVICE_LABEL: &str = "kubernetes.io/service-name";
 
+/// Where a pod behind a Service stands, as its EndpointSlice conditions say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pod {
+    /// Ready: takes new requests.
+    Ready,
+    /// Started but not ready yet.
+    NotReady,
+    /// Being deleted: not ready, still serving the requests it has.
+    Terminating,
+}
+
+impl Pod {
+    fn conditions(self) -> Value {
+        match self {
+            Pod::Ready => json!({ "ready": true, "serving": true, "terminating": false }),
+            Pod::NotReady => json!({ "ready": false, "serving": false, "terminating": false }),
+            Pod::Terminating => json!({ "ready": false, "serving": true, "terminating": true }),
+        }
+    }
+}
+
 /// One slice of `service` holding `endpoints` (address and readiness) on the port named
 /// `port_name`; every endpoint must share one port, as a Service's target port does.
 pub(crate) fn slice(service: &str, port_name: &str, endpoints: &[(SocketAddr, bool)]) -> Value {
+    let pods: Vec<(SocketAddr, Pod)> = endpoints
+        .iter()
+        .map(|&(addr, ready)| (addr, if ready { Pod::Ready } else { Pod::NotReady }))
+        .collect();
+    pod_slice(service, port_name, &pods)
+}
+
+/// One slice of `service` holding `pods` (address and state) on the port named `port_name`;
+/// every pod must share one port.
+pub(crate) fn pod_slice(service: &str, port_name: &str, endpoints: &[(SocketAddr, Pod)]) -> Value {
     let port = endpoints.first().map_or(0, |(addr, _)| addr.port());
     let family = match endpoints.first() {
         Some((SocketAddr::V6(_), _)) => "IPv6",
@@ -32,9 +63,9 @@ pub(crate) fn slice(service: &str, port_name: &str, endpoints: &[(SocketAddr, bo
         "ports": [{ "name": port_name, "port": port, "protocol": "TCP" }],
         "endpoints": endpoints
             .iter()
-            .map(|(addr, ready)| json!({
+            .map(|(addr, pod)| json!({
                 "addresses": [addr.ip().to_string()],
-                "conditions": { "ready": ready },
+                "conditions": pod.conditions(),
             }))
             .collect::<Vec<_>>(),
     })

@@ -3,8 +3,10 @@
 //! every replica and every restart agrees, until a person resumes it or a new canary comes
 //! ([`persist`] decides which rollback applies and what the ConfigMap still needs). (The API
 //! code itself is the `canary-controller` crate's; this is the wiring.) With `--fleet`, the
-//! replicas judge as one ([`fleet`]).
+//! replicas judge as one ([`fleet`]). A color whose upstream is a Service follows its
+//! endpoints ([`endpoints`]).
 
+pub mod endpoints;
 mod fleet;
 mod persist;
 
@@ -45,9 +47,11 @@ pub async fn start(
         )?),
         None => None,
     };
+    let services = endpoints::start(runtime.clone(), Some(client.clone()), stop.clone());
     let source = tokio::spawn(follow(runtime, client, cm, stopped(stop)));
     Ok(tokio::spawn(async move {
         let _ = source.await;
+        let _ = services.await;
         if let Some(fleet) = fleet {
             let _ = fleet.await;
         }

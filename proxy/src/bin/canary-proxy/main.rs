@@ -137,6 +137,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("no usable configuration at {}", path.display()))?;
             let follow =
                 config_watch::follow(runtime.clone(), path.clone(), stopped(stop_rx.clone()));
+            // Service upstreams in a file are followed with the in-cluster or kubeconfig client.
+            #[cfg(feature = "kubernetes")]
+            kubernetes::endpoints::start(runtime.clone(), None, stop_rx.clone());
             (runtime, tokio::spawn(follow))
         }
         #[cfg(feature = "kubernetes")]

@@ -1,0 +1,173 @@
+//! End-to-end: colors whose upstreams are Kubernetes Services (`svc:NAME.NAMESPACE:PORT`),
+//! their pods on loopback addresses and their EndpointSlices in the fake API server. Requests
+//! spread over the ready pods, follow a scale-up at once, and leave a terminating pod without
+//! a failed request.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use canary_testkit::fake_apiserver::{FakeApiServer, Pod};
+use canary_testkit::proxy::{ProxyProcess, Source};
+use canary_testkit::upstream::TestUpstream;
+
+const NS: &str = "default";
+const NAME: &str = "canary-proxy";
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_canary-proxy"))
+}
+
+/// `n` pods of `color` at 127.0.0.`first`, 127.0.0.`first + 1`, ... all on one port, as a
+/// Service's pods share their target port.
+async fn pods(color: &'static str, first: u8, n: u8) -> Vec<TestUpstream> {
+    let one = TestUpstream::start_at(([127, 0, 0, first], 0).into(), color).await;
+    let port = one.addr.port();
+    let mut pods = vec![one];
+    for i in 1..n {
+        pods.push(TestUpstream::start_at(([127, 0, 0, first + i], port).into(), color).await);
+    }
+    pods
+}
+
+/// Each pod's address with its state.
+fn states(pods: &[TestUpstream], state: impl Fn(usize) -> Pod) -> Vec<(SocketAddr, Pod)> {
+    pods.iter()
+        .enumerate()
+        .map(|(i, p)| (p.addr, state(i)))
+        .collect()
+}
+
+/// The green endpoints the proxy has, from `/status`.
+async fn green_endpoints(proxy: &ProxyProcess) -> usize {
+    proxy.status().await["colors"]["green"]["endpoints"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn a_service_upstream_follows_scale_up_and_termination() {
+    let blue = pods("blue", 31, 3).await;
+    let mut green = pods("green", 41, 5).await;
+    let api = FakeApiServer::start().await;
+    api.set_pods(NS, "blue", "http", &states(&blue, |_| Pod::Ready));
+    // Five green pods exist; two are not ready yet.
+    let scaled = |ready: usize| {
+        states(
+            &green,
+            move |i| if i < ready { Pod::Ready } else { Pod::NotReady },
+        )
+    };
+    api.set_pods(NS, "green", "http", &scaled(3));
+    api.create_configmap(
+        NS,
+        NAME,
+        &[
+            ("blue.upstream", "svc:blue.default:http"),
+            ("green.upstream", "svc:green.default:http"),
+            ("canary-weight", "50"),
+        ],
+    );
+    let args = vec!["--configmap".to_owned(), format!("{NS}/{NAME}")];
+    let env = vec![(
+        "KUBECONFIG".to_owned(),
+        api.kubeconfig_path().display().to_string(),
+    )];
+    let proxy = ProxyProcess::start_with(bin(), Source::Args(args, env), &[])
+        .await
+        .unwrap();
+    proxy
+        .wait_status(Duration::from_secs(10), |s| {
+            s["colors"]["green"]["endpoints"].as_array().map(Vec::len) == Some(3)
+                && s["colors"]["blue"]["endpoints"].as_array().map(Vec::len) == Some(3)
+        })
+        .await
+        .expect("three endpoints each");
+
+    let client = proxy.client();
+    for _ in 0..300 {
+        assert_eq!(client.get("/", &[]).await.unwrap().status, 200);
+    }
+    for pod in blue.iter().chain(&green[..3]) {
+        assert!(pod.served() > 0, "{} got nothing", pod.addr);
+    }
+    assert_eq!(green[3].served() + green[4].served(), 0);
+
+    // Scale-up: the two new pods turn ready.
+    let started = Instant::now();
+    api.set_pods(NS, "green", "http", &scaled(5));
+    let mut sent = 0;
+    while green[3].served() == 0 || green[4].served() == 0 {
+        assert_eq!(client.get("/", &[]).await.unwrap().status, 200);
+        sent += 1;
+        assert!(
+            sent < 5_000 && started.elapsed() < Duration::from_secs(10),
+            "the new pods got nothing"
+        );
+    }
+    eprintln!(
+        "both new pods served within {:?} ({sent} requests) of turning ready",
+        started.elapsed()
+    );
+
+    // Termination under load: pod 0 turns terminating, leaves, then stops.
+    let going = Arc::new(AtomicBool::new(true));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, going) = (proxy.client(), going.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while going.load(SeqCst) && statuses.len() < 20_000 {
+                    statuses.push(client.get("/", &[]).await.map(|r| r.status.as_u16()));
+                }
+                statuses
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.set_pods(
+        NS,
+        "green",
+        "http",
+        &states(
+            &green,
+            |i| if i == 0 { Pod::Terminating } else { Pod::Ready },
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while green_endpoints(&proxy).await != 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the terminating pod was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Requests sent before the proxy saw the change may still be in flight there.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let served_when_gone = green[0].served();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        green[0].served(),
+        served_when_gone,
+        "a terminating pod got new requests"
+    );
+    drop(green.remove(0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    going.store(false, SeqCst);
+    let mut statuses = Vec::new();
+    for task in load {
+        statuses.extend(task.await.unwrap());
+    }
+    let failed = statuses.iter().filter(|s| !matches!(s, Ok(200))).count();
+    eprintln!(
+        "{} requests during the termination, {failed} failed",
+        statuses.len()
+    );
+    assert_eq!(failed, 0);
+    assert!(statuses.len() > 100);
+    for pod in &green {
+        assert!(pod.served() > 0);
+    }
+}
