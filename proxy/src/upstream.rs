@@ -8,9 +8,11 @@
 //! connection when the upstream's stream limit is reached on the ones it has.
 //!
 //! A color has one or more endpoints ([`endpoints`]); an [`Upstream`] here is one of them.
-//! [`balance`] chooses the endpoint of each request and [`outlier`] ejects a failing one.
+//! [`balance`] chooses the endpoint of each request and [`outlier`] ejects a failing one;
+//! [`dns`] re-resolves the names of a static list on a period.
 
 mod balance;
+pub mod dns;
 pub mod endpoints;
 pub mod outlier;
 

@@ -182,3 +182,40 @@ async fn a_request_that_cannot_connect_to_one_pod_goes_to_another_of_its_color()
     assert_eq!(status["rollback"]["rolled_back"], false);
     assert_eq!(status["colors"]["green"]["failures"], 0, "{status:#}");
 }
+
+#[tokio::test]
+async fn a_dns_name_becomes_the_addresses_it_resolves_to() {
+    let (blue, green) = (
+        TestUpstream::start("blue").await,
+        TestUpstream::start("green").await,
+    );
+    let b = blue.authority();
+    let g = format!("localhost:{}", green.addr.port());
+    let proxy = ProxyProcess::start(
+        bin(),
+        &[
+            ("blue.upstream", b.as_str()),
+            ("green.upstream", g.as_str()),
+            ("canary-weight", "100"),
+        ],
+    )
+    .await
+    .unwrap();
+    let resolved = green.authority();
+    let status = proxy
+        .wait_status(Duration::from_secs(10), |s| {
+            s["colors"]["green"]["endpoints"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["address"] == resolved.as_str()))
+        })
+        .await
+        .expect("the name resolved to the upstream's address");
+    eprintln!("{}", status["colors"]["green"]["endpoints"]);
+    // `localhost` may also resolve to ::1, where nothing listens: a request that cannot
+    // connect there is tried on 127.0.0.1.
+    let client = proxy.client();
+    for _ in 0..50 {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!((reply.status.as_u16(), reply.color()), (200, "green"));
+    }
+}

@@ -164,6 +164,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     let judge_task = tokio::spawn(runtime.clone().keep_judging(stopped(stop_rx.clone())));
+    tokio::spawn(canary_proxy::upstream::dns::keep_resolving(
+        runtime.clone(),
+        stopped(stop_rx.clone()),
+    ));
     let data = bind(args.listen, "data").await?;
     let admin_listener = bind(args.admin_listen, "admin").await?;
     let admin_task = tokio::spawn(admin::serve(
