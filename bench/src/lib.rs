@@ -9,6 +9,8 @@
 //! - [`demo`]: the article's story played on loopback, with its checks, timeline and HTML report.
 //! - [`compare`]: the same load direct, through canary-proxy, NGINX and HAProxy.
 //! - [`soak`]: minutes of load mixed with hostile clients and reloads, watched for leaks.
+//! - [`spread`]: one color's pods under keep-alive: per-pod spread, one Service address against
+//!   per-request balancing, and the balancer's cost.
 //! - [`simulate`]: the rollback verdict's false rollbacks and detection delay, simulated.
 //! - [`admin`]: the small HTTP client for admin endpoints.
 //! - [`units`]: parsing of durations such as `10s` on the command line.
@@ -20,5 +22,6 @@ pub mod load;
 pub mod proxy;
 pub mod simulate;
 pub mod soak;
+pub mod spread;
 pub mod units;
 pub mod upstream;

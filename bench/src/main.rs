@@ -14,6 +14,7 @@ use canary_bench::proxy;
 use canary_bench::simulate::fleet::FleetOptions;
 use canary_bench::simulate::{self, RuleName, SimulateOptions};
 use canary_bench::soak::{self, SoakOptions};
+use canary_bench::spread;
 use canary_bench::units::parse_duration;
 use canary_bench::upstream::{self, Color, FaultUpdate, Upstream};
 
@@ -46,6 +47,29 @@ enum Command {
     /// days and requests to catch a bad canary after a healthy day, at canary rates from 0.01
     /// to 10,000 a second, 100 seeds each, beside the windowed rule it replaced.
     Simulate(SimulateArgs),
+    /// One color's pods behind the real canary-proxy under keep-alive: the per-pod load spread
+    /// with the color at one Service address (a pod chosen per connection) against the
+    /// per-request balancer over the pods' endpoints, and the balancer's CPU cost per request.
+    Spread(SpreadArgs),
+}
+
+#[derive(Args, Debug)]
+struct SpreadArgs {
+    /// The canary-proxy binary (default: next to this executable).
+    #[arg(long, env = "CANARY_BENCH_PROXY_BIN")]
+    proxy_bin: Option<PathBuf>,
+    /// Pods of the color, on 127.0.0.11 and up.
+    #[arg(long, default_value_t = 3)]
+    pods: u8,
+    /// Keep-alive client connections.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    connections: usize,
+    /// Length of each run.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Print the results as JSON instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -209,7 +233,28 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(args) => runtime(Some(1))?.block_on(run_compare(args)),
         Command::Soak(args) => runtime(None)?.block_on(run_soak(args)),
         Command::Simulate(args) => run_simulate(args),
+        Command::Spread(args) => runtime(None)?.block_on(run_spread(args)),
     }
+}
+
+async fn run_spread(args: SpreadArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (2..=64).contains(&args.pods),
+        "--pods must be between 2 and 64"
+    );
+    let options = spread::SpreadOptions {
+        proxy_bin: proxy::find_binary(args.proxy_bin)?,
+        pods: args.pods,
+        connections: args.connections,
+        duration: args.duration,
+    };
+    let results = spread::run(&options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", spread::table(&results, &options));
+    }
+    Ok(())
 }
 
 fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {

@@ -131,9 +131,15 @@ impl Runtime {
         self.history.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a configuration is loaded and the proxy is not draining.
+    /// Whether a configuration is loaded, its stable color has an endpoint (a Service's
+    /// arrive after the configuration), and the proxy is not draining.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.routes.load().is_some()
+        !self.is_draining()
+            && self
+                .routes
+                .load()
+                .as_ref()
+                .is_some_and(|t| !t.upstreams[t.config.stable.index()].is_empty())
     }
 
     /// Whether shutdown has begun.

@@ -52,15 +52,6 @@ async fn a_service_upstream_follows_scale_up_and_termination() {
     let blue = pods("blue", 31, 3).await;
     let mut green = pods("green", 41, 5).await;
     let api = FakeApiServer::start().await;
-    api.set_pods(NS, "blue", "http", &states(&blue, |_| Pod::Ready));
-    // Five green pods exist; two are not ready yet.
-    let scaled = |ready: usize| {
-        states(
-            &green,
-            move |i| if i < ready { Pod::Ready } else { Pod::NotReady },
-        )
-    };
-    api.set_pods(NS, "green", "http", &scaled(3));
     api.create_configmap(
         NS,
         NAME,
@@ -78,6 +69,25 @@ async fn a_service_upstream_follows_scale_up_and_termination() {
     let proxy = ProxyProcess::start_with(bin(), Source::Args(args, env), &[])
         .await
         .unwrap();
+    // The configuration is there, the stable color's pods are not known yet: not ready.
+    proxy
+        .wait_status(Duration::from_secs(10), |s| s["revision"].is_string())
+        .await
+        .expect("the configuration applied");
+    let (code, body) = proxy.admin_get("/readyz").await.unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (503, "the stable color has no ready endpoint yet\n")
+    );
+    api.set_pods(NS, "blue", "http", &states(&blue, |_| Pod::Ready));
+    // Five green pods exist; two are not ready yet.
+    let scaled = |ready: usize| {
+        states(
+            &green,
+            move |i| if i < ready { Pod::Ready } else { Pod::NotReady },
+        )
+    };
+    api.set_pods(NS, "green", "http", &scaled(3));
     proxy
         .wait_status(Duration::from_secs(10), |s| {
             s["colors"]["green"]["endpoints"].as_array().map(Vec::len) == Some(3)

@@ -109,6 +109,10 @@ fn route(runtime: &Runtime, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if runtime.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" if runtime.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        "/readyz" if runtime.routes().is_some() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the stable color has no ready endpoint yet\n",
+        ),
         "/readyz" => respond(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain; charset=utf-8",

@@ -319,6 +319,12 @@ impl Endpoints {
             .collect()
     }
 
+    /// Whether there is no endpoint at all (a Service whose endpoints have not arrived, or
+    /// that has none ready).
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.load().is_empty()
+    }
+
     /// How many endpoints there are, and how many of them are ejected now.
     pub fn counts(&self) -> (usize, usize) {
         let now = now();
