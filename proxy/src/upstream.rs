@@ -158,11 +158,6 @@ impl Upstream {
         self.retired.send_replace(true);
     }
 
-    /// Whether it was retired.
-    pub fn is_retired(&self) -> bool {
-        *self.retired.borrow()
-    }
-
     /// Sends `req` and waits for the response headers.
     pub async fn send(
         &self,
