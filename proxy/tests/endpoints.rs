@@ -219,3 +219,41 @@ async fn a_dns_name_becomes_the_addresses_it_resolves_to() {
         assert_eq!((reply.status.as_u16(), reply.color()), (200, "green"));
     }
 }
+
+#[tokio::test]
+async fn an_ejected_pod_that_recovers_is_probed_back() {
+    let (_blue, green, proxy) = three_and_three(&[("canary-weight", "100")]).await;
+    let bad = green[0].authority();
+    let state_of_bad = |status: &serde_json::Value| {
+        status["colors"]["green"]["endpoints"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["address"] == bad.as_str()))
+            .map(|e| e["state"].as_str().unwrap_or("").to_owned())
+    };
+    green[0].set_status(500);
+    let client = proxy.client();
+    for _ in 0..100 {
+        client.get("/", &[]).await.unwrap();
+    }
+    assert_eq!(
+        state_of_bad(&proxy.status().await).as_deref(),
+        Some("ejected")
+    );
+    green[0].set_status(200);
+    let served = green[0].served();
+    // After its backoff (10 s) one request probes it; it succeeds and the pod is back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!(reply.status, 200);
+        if state_of_bad(&proxy.status().await).as_deref() == Some("ready") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never probed back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..300 {
+        client.get("/", &[]).await.unwrap();
+    }
+    assert!(green[0].served() > served + 30, "it takes its share again");
+}
