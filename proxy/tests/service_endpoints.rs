@@ -40,6 +40,26 @@ fn states(pods: &[TestUpstream], state: impl Fn(usize) -> Pod) -> Vec<(SocketAdd
         .collect()
 }
 
+/// Established TCP connections whose far end is `addr` (an IPv4 pod): the proxy's connections to
+/// it, read from `/proc/net/tcp`.
+fn connections_to(addr: SocketAddr) -> usize {
+    let SocketAddr::V4(v4) = addr else {
+        return 0;
+    };
+    let [a, b, c, d] = v4.ip().octets();
+    // The kernel writes the address as a little-endian word and the port big-endian.
+    let remote = format!("{d:02X}{c:02X}{b:02X}{a:02X}:{:04X}", v4.port());
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
 /// The green endpoints the proxy has, from `/status`.
 async fn green_endpoints(proxy: &ProxyProcess) -> usize {
     proxy.status().await["colors"]["green"]["endpoints"]
@@ -163,6 +183,16 @@ async fn a_service_upstream_follows_scale_up_and_termination() {
         served_when_gone,
         "a terminating pod got new requests"
     );
+    // Its idle keep-alive connections were closed, while the pod still runs.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connections_to(green[0].addr) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "connections to the terminating pod stay open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(connections_to(green[1].addr) > 0, "the others' are kept");
     drop(green.remove(0));
     tokio::time::sleep(Duration::from_millis(300)).await;
     going.store(false, SeqCst);
