@@ -42,7 +42,8 @@ impl Runtime {
     /// whose response headers came `latency` after it was sent, and on a weighted canary
     /// failure asks for a verdict. A failure that is the endpoint's own fault (see
     /// [`outlier`](crate::upstream::outlier)) is held, then counted as forced (not evidence);
-    /// one that turns out to be the version's is counted as weighted, late.
+    /// one that turns out to be the version's is counted as weighted, late. A request to a
+    /// color without any endpoint is counted, never judged.
     pub fn account(
         &self,
         table: &Arc<RouteTable>,
@@ -102,9 +103,15 @@ impl Runtime {
                 }
                 settled.version > 0
             }
-            _ => {
+            // No endpoint at all (a Service whose pods have not arrived or are none ready): a
+            // matter of the rollout, not of what the version answers; counted, never judged.
+            None => {
+                self.tally.record(color, Evidence::Forced, failed, latency);
+                false
+            }
+            Some(_) => {
                 self.tally.record(color, choice.evidence, failed, latency);
-                failed && weighted
+                false
             }
         };
 

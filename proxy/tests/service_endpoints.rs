@@ -100,6 +100,17 @@ async fn a_service_upstream_follows_scale_up_and_termination() {
         (503, "the stable color has no ready endpoint yet\n")
     );
     api.set_pods(NS, "blue", "http", &states(&blue, |_| Pod::Ready));
+    proxy
+        .wait_status(Duration::from_secs(10), |s| s["ready"] == true)
+        .await
+        .expect("ready once blue's pods are known");
+    // Green's pods are not known yet: its share goes to blue, and that is no rollback.
+    let client = proxy.client();
+    for _ in 0..100 {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!((reply.status.as_u16(), reply.color()), (200, "blue"));
+    }
+    assert_eq!(proxy.status().await["rollback"]["rolled_back"], false);
     // Five green pods exist; two are not ready yet.
     let scaled = |ready: usize| {
         states(
@@ -116,7 +127,6 @@ async fn a_service_upstream_follows_scale_up_and_termination() {
         .await
         .expect("three endpoints each");
 
-    let client = proxy.client();
     for _ in 0..300 {
         assert_eq!(client.get("/", &[]).await.unwrap().status, 200);
     }
