@@ -9,7 +9,8 @@
 //! - [`admission`]: what a request must satisfy before it goes anywhere.
 //! - [`route`]: route choice, from the [`RouteTable`](route::RouteTable) snapshot.
 //! - [`headers`]: hop-by-hop removal, `X-Forwarded-*` and `Via`.
-//! - [`upstream`]: pooled HTTP/1.1 connections to each color.
+//! - [`upstream`]: each color's endpoints, one chosen per request by power of two choices,
+//!   failing ones ejected; pooled connections per endpoint.
 //! - [`body`]: the request body under its limits, and the response body streamed back,
 //!   returning its connection to the pool.
 //! - [`accounting`]: counts each outcome per color and asks for a rollback decision.
