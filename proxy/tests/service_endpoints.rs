@@ -127,11 +127,45 @@ async fn a_service_upstream_follows_scale_up_and_termination() {
         .await
         .expect("three endpoints each");
 
-    for _ in 0..300 {
-        assert_eq!(client.get("/", &[]).await.unwrap().status, 200);
-    }
-    for pod in blue.iter().chain(&green[..3]) {
-        assert!(pod.served() > 0, "{} got nothing", pod.addr);
+    // 3,000 requests over 8 keep-alive connections: each color's three pods share evenly.
+    let before: Vec<u64> = blue
+        .iter()
+        .chain(&green)
+        .map(TestUpstream::served)
+        .collect();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let client = proxy.client();
+            tokio::spawn(async move {
+                for _ in 0..375 {
+                    assert_eq!(client.get("/", &[]).await.unwrap().status, 200);
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+    .await
+    .expect("3,000 requests within a minute");
+    let served: Vec<u64> = blue
+        .iter()
+        .chain(&green)
+        .zip(&before)
+        .map(|(pod, before)| pod.served() - before)
+        .collect();
+    for (color, pods) in [("blue", &served[..3]), ("green", &served[3..6])] {
+        let total: u64 = pods.iter().sum();
+        let (mean, sigma) = (total as f64 / 3.0, (total as f64 * 2.0 / 9.0).sqrt());
+        eprintln!("{color}: {pods:?} of {total}, σ {sigma:.1}");
+        for &count in pods {
+            assert!(
+                (count as f64 - mean).abs() <= 4.0 * sigma,
+                "{color}: {count} against {mean:.0} ± 4 × {sigma:.1}"
+            );
+        }
     }
     assert_eq!(green[3].served() + green[4].served(), 0);
 
