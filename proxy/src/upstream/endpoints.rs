@@ -131,9 +131,10 @@ pub struct Endpoints {
 
 impl Endpoints {
     /// The endpoints of `upstreams`, spoken to with `protocol`: a static list's addresses, or
-    /// none yet for a Service. An endpoint of `previous` at the same address is kept with its
-    /// pools, load and outlier state; for a Service, all of `previous`'s are, until the next
-    /// [`update`](Endpoints::update).
+    /// none yet for a Service (another Service's pods, or the same pods spoken to otherwise,
+    /// are no stand-in: its own arrive with the first [`update`](Endpoints::update)). An
+    /// endpoint of `previous` at the same address is kept with its pools, load and outlier
+    /// state.
     pub fn new(
         upstreams: &Upstreams,
         protocol: Protocol,
@@ -145,14 +146,8 @@ impl Endpoints {
             endpoints: ArcSwap::from_pointee(Vec::new()),
             held: AtomicU64::new(0),
         };
-        match (upstreams, previous) {
-            (Upstreams::Static(addrs), _) => {
-                set.endpoints.store(Arc::new(set.build(addrs, previous)));
-            }
-            (Upstreams::Service(_), Some(previous)) => {
-                set.endpoints.store(previous.endpoints.load_full());
-            }
-            (Upstreams::Service(_), None) => {}
+        if let Upstreams::Static(addrs) = upstreams {
+            set.endpoints.store(Arc::new(set.build(addrs, previous)));
         }
         set
     }

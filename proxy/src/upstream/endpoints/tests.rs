@@ -192,7 +192,12 @@ fn a_service_starts_empty_and_follows_its_updates() {
     assert!(Arc::ptr_eq(&first[1], &second[0]), "kept with its state");
     assert!(retired(&first[0]));
     assert!(!retired(&second[0]));
-    // A reload of the same Service keeps the endpoints until the next update.
-    let reloaded = Endpoints::new(&service, Protocol::Http1, Some(&set));
-    assert_eq!(counts(&reloaded), (3, 0));
+    // Another Service (a new canary) starts empty, not with the previous one's pods.
+    let other = Upstreams::Service(ServiceRef {
+        namespace: "prod".into(),
+        name: "green-v2".into(),
+        port: "http".into(),
+    });
+    let next = Endpoints::new(&other, Protocol::Http1, Some(&set));
+    assert_eq!(counts(&next), (0, 0));
 }

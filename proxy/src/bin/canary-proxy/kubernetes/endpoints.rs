@@ -15,8 +15,10 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-/// How often the applied configuration is looked at for Services to follow or drop.
-const LOOK: Duration = Duration::from_millis(200);
+/// How often the applied configuration is looked at for Services to follow or drop, and for
+/// new endpoint sets to feed: a configuration that names a Service anew (or speaks to it
+/// otherwise) has no endpoints for up to this long once its pods are known.
+const LOOK: Duration = Duration::from_millis(50);
 
 /// One Service followed.
 struct Followed {
