@@ -255,3 +255,66 @@ async fn a_service_upstream_follows_scale_up_and_termination() {
         assert!(pod.served() > 0);
     }
 }
+
+#[tokio::test]
+async fn a_new_canary_service_gets_the_canary_traffic_and_the_old_pods_none() {
+    let blue = pods("blue", 51, 2).await;
+    let old = pods("green", 61, 2).await;
+    let new = pods("green", 71, 2).await;
+    let api = FakeApiServer::start().await;
+    api.set_pods(NS, "blue", "http", &states(&blue, |_| Pod::Ready));
+    api.set_pods(NS, "green", "http", &states(&old, |_| Pod::Ready));
+    api.set_pods(NS, "green-v2", "http", &states(&new, |_| Pod::Ready));
+    api.create_configmap(
+        NS,
+        NAME,
+        &[
+            ("blue.upstream", "svc:blue.default:http"),
+            ("green.upstream", "svc:green.default:http"),
+            ("canary-weight", "50"),
+        ],
+    );
+    let args = vec!["--configmap".to_owned(), format!("{NS}/{NAME}")];
+    let env = vec![(
+        "KUBECONFIG".to_owned(),
+        api.kubeconfig_path().display().to_string(),
+    )];
+    let proxy = ProxyProcess::start_with(bin(), Source::Args(args, env), &[])
+        .await
+        .unwrap();
+    proxy
+        .wait_status(Duration::from_secs(10), |s| {
+            s["ready"] == true
+                && s["colors"]["green"]["endpoints"].as_array().map(Vec::len) == Some(2)
+        })
+        .await
+        .expect("ready with green's pods");
+    let client = proxy.client();
+    for _ in 0..100 {
+        assert_eq!(client.get("/", &[]).await.unwrap().status, 200);
+    }
+    assert!(old.iter().all(|p| p.served() > 0));
+
+    api.patch_data(NS, NAME, &[("green.upstream", "svc:green-v2.default:http")]);
+    let first_new = new[0].authority();
+    proxy
+        .wait_status(Duration::from_secs(10), |s| {
+            s["colors"]["green"]["endpoints"]
+                .as_array()
+                .is_some_and(|e| {
+                    e.len() == 2 && e.iter().any(|e| e["address"] == first_new.as_str())
+                })
+        })
+        .await
+        .expect("green is the new Service's pods");
+    let old_served: u64 = old.iter().map(TestUpstream::served).sum();
+    for _ in 0..200 {
+        assert_eq!(client.get("/", &[]).await.unwrap().status, 200);
+    }
+    assert_eq!(
+        old.iter().map(TestUpstream::served).sum::<u64>(),
+        old_served
+    );
+    assert!(new.iter().all(|p| p.served() > 0));
+    assert_eq!(proxy.status().await["rollback"]["rolled_back"], false);
+}
