@@ -256,7 +256,7 @@ mod tests {
         let cumulative: Vec<u64> = histogram
             .get_bucket()
             .iter()
-            .map(|b| b.get_cumulative_count())
+            .map(|b| b.cumulative_count())
             .collect();
         assert_eq!(cumulative[0], 1);
         assert_eq!(cumulative[1], 2);
@@ -288,7 +288,7 @@ mod tests {
             .iter()
             .find(|m| {
                 let labels = m.get_label();
-                labels[0].get_value() == "green" && labels[1].get_value() == "status"
+                labels[0].value() == "green" && labels[1].value() == "status"
             })
             .unwrap();
         assert_eq!(status.get_counter().get_value(), 4000.0);
