@@ -95,9 +95,9 @@ stop() {
 for system in "${systems[@]}"; do
   start "$system" valgrind --tool=callgrind --callgrind-out-file="$work/cg.out"
   load 2000
-  callgrind_control -z "$system_pid" >/dev/null
+  callgrind_control -z "$system_pid" >/dev/null 2>&1
   load $requests
-  callgrind_control -d "$system_pid" >/dev/null
+  callgrind_control -d "$system_pid" >/dev/null 2>&1
   sleep 1
   stop
   total=$(callgrind_annotate "$work"/cg.out.* 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
@@ -106,7 +106,7 @@ for system in "${systems[@]}"; do
 
   start "$system" env
   load 2000
-  strace -f -c -o "$work/strace.txt" -p "$system_pid" &
+  strace -q -f -c -o "$work/strace.txt" -p "$system_pid" &
   tracer=$!
   sleep 1
   load $requests

@@ -42,6 +42,22 @@ pub struct CompareOptions {
     pub one_core_only: bool,
     /// Write the configurations here instead of a temporary directory.
     pub config_dir: Option<PathBuf>,
+    /// The size of the upstreams' answer bodies, if not their few dozen bytes.
+    pub body_bytes: Option<usize>,
+    /// Clients speak h2c (prior knowledge) to every system.
+    pub http2: bool,
+}
+
+impl CompareOptions {
+    /// The load's shape, for the tables.
+    pub fn describe_load(&self) -> String {
+        let body = match self.body_bytes {
+            Some(n) => format!("{n}-byte bodies"),
+            None => "short bodies".to_string(),
+        };
+        let protocol = if self.http2 { "h2c" } else { "HTTP/1.1" };
+        format!("{protocol} clients, {body}")
+    }
 }
 
 /// One system measured in one round.
@@ -87,6 +103,8 @@ pub struct PlanResult {
     pub rounds: Vec<Round>,
     /// Systems that could not be run, with the reason.
     pub skipped: Vec<String>,
+    /// The load's shape: the clients' protocol and the size of the answers.
+    pub load: String,
 }
 
 /// The CPU plans for this machine: one core (if there are at least two), then all cores.
@@ -118,7 +136,7 @@ async fn run_load(
         connections: options.connections,
         stop: Stop::After(duration),
         rate,
-        http2: false,
+        http2: options.http2,
         timeout: Duration::from_secs(10),
     };
     Ok(load::start_on(config, workers.handles())?.finish().await)
@@ -195,7 +213,7 @@ async fn measure(
 pub async fn run(options: &CompareOptions) -> anyhow::Result<Vec<PlanResult>> {
     let mut results = Vec::new();
     for (index, plan) in plans(options.one_core_only).into_iter().enumerate() {
-        eprintln!("== {}", plan.describe());
+        eprintln!("== {}; {}", plan.describe(), options.describe_load());
         let temporary = tempfile::tempdir().context("cannot make a temporary directory")?;
         let dir = match &options.config_dir {
             Some(dir) => dir.join(format!("plan-{index}")),
@@ -207,10 +225,11 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Vec<PlanResult>> {
             CpuPlan::OneCore { client_cpus, .. } => (client_cpus.clone(), client_cpus.len()),
             CpuPlan::AllCores { cores } => (Vec::new(), *cores),
         };
-        let (_blue, blue) =
-            systems::start_upstream("blue", client_threads, &plan.client_prefix()).await?;
+        let prefix = plan.client_prefix();
+        let body = options.body_bytes;
+        let (_blue, blue) = systems::start_upstream("blue", client_threads, body, &prefix).await?;
         let (_green, green) =
-            systems::start_upstream("green", client_threads, &plan.client_prefix()).await?;
+            systems::start_upstream("green", client_threads, body, &prefix).await?;
         let upstreams = Upstreams { blue, green };
         let workers = Workers::pinned(client_threads, &client_cpus)?;
 
@@ -219,7 +238,15 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Vec<PlanResult>> {
         for kind in [Kind::Direct, Kind::CanaryProxy, Kind::Nginx, Kind::Haproxy] {
             let kind_dir = dir.join(kind.name());
             std::fs::create_dir_all(&kind_dir)?;
-            match systems::start(kind, &plan, upstreams, &kind_dir, &options.proxy_bin).await? {
+            let started = systems::start(
+                kind,
+                &plan,
+                upstreams,
+                &kind_dir,
+                &options.proxy_bin,
+                options.http2,
+            );
+            match started.await? {
                 Ok(system) => {
                     // Warm-up: connections to the upstreams, allocator arenas, page faults.
                     run_load(
@@ -266,6 +293,7 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Vec<PlanResult>> {
             idle_rss,
             rounds,
             skipped,
+            load: options.describe_load(),
         });
     }
     Ok(results)

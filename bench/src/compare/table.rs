@@ -108,7 +108,7 @@ fn load_rss(r: &Round) -> Option<f64> {
 /// The comparison of one plan as a text table, with the targets' verdicts under it.
 pub fn render(result: &PlanResult, rate: f64, connections: usize) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "== {}", result.plan.describe());
+    let _ = writeln!(out, "== {}; {}", result.plan.describe(), result.load);
     for line in &result.skipped {
         let _ = writeln!(out, "   {line}");
     }
