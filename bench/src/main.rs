@@ -129,6 +129,10 @@ struct CompareArgs {
     /// The clients speak HTTP/2 (h2c, prior knowledge) to every system; upstreams stay HTTP/1.1.
     #[arg(long)]
     http2: bool,
+    /// Before the rounds, open this many idle kept-alive connections to each proxy (one
+    /// request each) and report its resident memory per connection.
+    #[arg(long)]
+    idle_connections: Option<usize>,
     /// Print every round as JSON on stdout instead of the tables.
     #[arg(long)]
     json: bool,
@@ -372,6 +376,7 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
         config_dir: args.config_dir,
         body_bytes: args.body_bytes,
         http2: args.http2,
+        idle_connections: args.idle_connections,
     };
     let results = compare::run(&options).await?;
     if args.json {

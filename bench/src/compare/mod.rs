@@ -8,8 +8,10 @@
 //!
 //! - [`systems`]: starting each system and writing the reference proxies' configurations.
 //! - [`procfs`]: CPU time and memory of a process and its children.
+//! - [`idle`]: memory per idle kept-alive client connection.
 //! - [`table`]: medians, spreads, ratios and the printed tables.
 
+pub mod idle;
 pub mod procfs;
 pub mod systems;
 pub mod table;
@@ -46,6 +48,8 @@ pub struct CompareOptions {
     pub body_bytes: Option<usize>,
     /// Clients speak h2c (prior knowledge) to every system.
     pub http2: bool,
+    /// Idle kept-alive connections opened to each proxy to measure its memory per connection.
+    pub idle_connections: Option<usize>,
 }
 
 impl CompareOptions {
@@ -99,6 +103,9 @@ pub struct PlanResult {
     pub plan: CpuPlan,
     /// Resident memory of each proxy right after start, bytes.
     pub idle_rss: Vec<(Kind, Option<u64>)>,
+    /// Resident memory per idle kept-alive client connection of each proxy, bytes, with
+    /// `idle_connections` open.
+    pub rss_per_idle_connection: Vec<(Kind, Option<f64>)>,
     /// Each system in each round.
     pub rounds: Vec<Round>,
     /// Systems that could not be run, with the reason.
@@ -266,6 +273,19 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Vec<PlanResult>> {
             }
         }
         let idle_rss = running.iter().map(|s| (s.kind, s.idle_rss)).collect();
+        let mut rss_per_idle_connection = Vec::new();
+        if let Some(connections) = options.idle_connections {
+            for system in running.iter().filter(|s| !s.pids().is_empty()) {
+                let per =
+                    idle::rss_per_connection(&system.pids(), system.target, connections).await;
+                eprintln!(
+                    "   {:<13} {} bytes of RSS per idle connection ({connections} open)",
+                    system.kind.name(),
+                    per.map_or("-".to_string(), |b| format!("{b:.0}"))
+                );
+                rss_per_idle_connection.push((system.kind, per));
+            }
+        }
         let mut rounds = Vec::new();
         for round in 0..options.rounds {
             // Interleaved, and in a rotated order, so that no system always runs first or last.
@@ -294,6 +314,7 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Vec<PlanResult>> {
             rounds,
             skipped,
             load: options.describe_load(),
+            rss_per_idle_connection,
         });
     }
     Ok(results)

@@ -249,7 +249,7 @@ pub fn nginx_config(
     };
     format!(
         "worker_processes {workers};\ndaemon off;\nmaster_process on;\npid {dir}/nginx.pid;\n\
-         error_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 4096; multi_accept on; }}\n\
+         error_log {dir}/nginx-error.log warn;\nworker_rlimit_nofile 20000;\nevents {{ worker_connections 16384; multi_accept on; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {dir}/client_body;\n  proxy_temp_path {dir}/proxy;\n\
          \x20 upstream colors {{\n    server {blue} weight=95;\n    server {green} weight=5;\n    keepalive 256;\n    keepalive_requests 1000000;\n  }}\n\
          \x20 server {{\n    listen {listen} backlog=4096;\n    location / {{\n      proxy_pass http://colors;\n\
@@ -272,7 +272,7 @@ pub fn haproxy_config(
         listen.to_string()
     };
     format!(
-        "global\n  nbthread {workers}\n  maxconn 4096\n\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n\
+        "global\n  nbthread {workers}\n  maxconn 9000\n\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n\
          \x20 timeout server 60s\n  option forwardfor\n  http-reuse always\n\nfrontend split\n  bind {bind}\n  default_backend colors\n\n\
          backend colors\n  balance roundrobin\n  server blue {blue} weight 95\n  server green {green} weight 5\n"
     )

@@ -15,7 +15,7 @@
 //! - [`Workers`]: single-threaded runtimes on their own threads, wrk's model, for the CLI.
 
 mod conn;
-mod lean;
+pub(crate) mod lean;
 pub mod live;
 pub mod report;
 pub mod target;
