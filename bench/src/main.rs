@@ -146,6 +146,17 @@ struct CompareArgs {
     /// Keep the generated NGINX, HAProxy and canary-proxy configurations in this directory.
     #[arg(long)]
     config_dir: Option<PathBuf>,
+    /// The upstreams answer with bodies of this many bytes (such as 1024, 65536, 1048576)
+    /// instead of a few dozen.
+    #[arg(long)]
+    body_bytes: Option<usize>,
+    /// The clients speak HTTP/2 (h2c, prior knowledge) to every system; upstreams stay HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+    /// Before the rounds, open this many idle kept-alive connections to each proxy (one
+    /// request each) and report its resident memory per connection.
+    #[arg(long)]
+    idle_connections: Option<usize>,
     /// Print every round as JSON on stdout instead of the tables.
     #[arg(long)]
     json: bool,
@@ -185,6 +196,9 @@ struct UpstreamArgs {
     /// Runtime worker threads; 1 runs on the current thread (default: one per core).
     #[arg(long, env = "CANARY_BENCH_WORKERS")]
     workers: Option<usize>,
+    /// Answer with a body of this many bytes instead of the color's JSON.
+    #[arg(long, env = "CANARY_BENCH_BODY_BYTES")]
+    body_bytes: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -337,12 +351,13 @@ async fn run_upstream(args: UpstreamArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let state = Upstream::new(
+    let state = Upstream::with_body(
         args.color,
         FaultUpdate {
             error_rate: Some(args.error_rate),
             latency_ms: Some(args.latency.as_secs_f64() * 1000.0),
         },
+        args.body_bytes,
     );
     println!("canary-bench upstream {} listening on {addr}", args.color);
     upstream::serve(listener, state, shutdown_signal()).await;
@@ -404,6 +419,9 @@ async fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
         connections: args.connections,
         one_core_only: args.one_core_only,
         config_dir: args.config_dir,
+        body_bytes: args.body_bytes,
+        http2: args.http2,
+        idle_connections: args.idle_connections,
     };
     let results = compare::run(&options).await?;
     if args.json {

@@ -93,6 +93,8 @@ pub struct Stats {
 pub struct Upstream {
     /// Named in every answer so that clients can tell which color served them.
     color: Color,
+    /// The body of every successful answer: the color's JSON, or a size asked for.
+    body: Bytes,
     /// Error rate in parts per million; an atomic so `/fault` changes it under load.
     error_ppm: AtomicU32,
     /// Added latency in microseconds; an atomic for the same reason.
@@ -106,8 +108,18 @@ pub struct Upstream {
 impl Upstream {
     /// An upstream of `color` with the given starting faults.
     pub fn new(color: Color, faults: FaultUpdate) -> Arc<Self> {
+        Upstream::with_body(color, faults, None)
+    }
+
+    /// The same, answering with a body of `body_bytes` bytes instead of the color's JSON.
+    pub fn with_body(color: Color, faults: FaultUpdate, body_bytes: Option<usize>) -> Arc<Self> {
+        let body = match body_bytes {
+            Some(n) => Bytes::from(vec![b'x'; n]),
+            None => Bytes::from_static(color.body().as_bytes()),
+        };
         let upstream = Arc::new(Upstream {
             color,
+            body,
             error_ppm: AtomicU32::new(0),
             latency_us: AtomicU64::new(0),
             served: AtomicU64::new(0),
@@ -163,8 +175,7 @@ impl Upstream {
         } else {
             StatusCode::OK
         };
-        let mut response =
-            Response::new(Full::new(Bytes::from_static(self.color.body().as_bytes())));
+        let mut response = Response::new(Full::new(self.body.clone()));
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert("x-color", HeaderValue::from_static(self.color.as_str()));

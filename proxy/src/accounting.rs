@@ -58,7 +58,7 @@ impl Runtime {
         let failed = match outcome {
             Outcome::Response(status) => {
                 metrics.response(status);
-                metrics.duration.observe(latency.as_secs_f64());
+                metrics.latency(latency);
                 let failed = policy.failure_statuses.contains(status);
                 if failed {
                     metrics.error(ErrorKind::Status);
@@ -67,7 +67,7 @@ impl Runtime {
             }
             Outcome::Grpc(code) => {
                 metrics.response(200);
-                metrics.duration.observe(latency.as_secs_f64());
+                metrics.latency(latency);
                 let failed = policy.grpc_failure_codes.contains(code);
                 if failed {
                     metrics.error(ErrorKind::Status);
@@ -76,7 +76,7 @@ impl Runtime {
             }
             Outcome::Cut(status, kind) => {
                 metrics.response(status);
-                metrics.duration.observe(latency.as_secs_f64());
+                metrics.latency(latency);
                 metrics.error(kind);
                 true
             }

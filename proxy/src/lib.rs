@@ -20,7 +20,8 @@
 //!
 //! - [`config`]: the keys parsed and validated into an immutable snapshot; file sources.
 //! - [`runtime`]: the shared state; the one `ArcSwap` the request path reads.
-//! - [`metrics`]: Prometheus handles resolved once.
+//! - [`metrics`]: Prometheus handles resolved once; [`shard`] spreads the per-response
+//!   counters over per-thread shards.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`, `/evidence` and the `/` page.
 //! - [`fleet`]: with `--fleet`, the evidence a replica serves and the fleet judge's verdict.
 
@@ -40,5 +41,6 @@ pub mod rfc3339;
 pub mod rollback;
 pub mod route;
 pub mod runtime;
+pub mod shard;
 pub mod tls;
 pub mod upstream;

@@ -1,14 +1,21 @@
 //! Prometheus metrics, with every label combination resolved once at startup so that the
-//! request path only touches atomics (no label lookup, no hashing, no allocation).
+//! request path only touches atomics (no label lookup, no hashing, no allocation). Those written
+//! on every response are sharded per thread ([`responses`]).
+
+pub mod responses;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 mod endpoints;
 
 pub use endpoints::EndpointMetrics;
+
+use self::responses::{CODE_ERROR, ResponseMetrics, Responses};
 
 use crate::config::Color;
 use crate::rollback::sequential::Counts;
@@ -28,14 +35,16 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 4] = [
+    /// Every kind, in the order of their discriminants.
+    pub const ALL: [ErrorKind; 4] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Reset,
         ErrorKind::Status,
     ];
 
-    fn label(self) -> &'static str {
+    /// The `kind` label value.
+    pub fn label(self) -> &'static str {
         match self {
             ErrorKind::Connect => "connect",
             ErrorKind::Timeout => "timeout",
@@ -45,18 +54,11 @@ impl ErrorKind {
     }
 }
 
-/// `code` label values: the status class, or `error` when the upstream gave no response.
-const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
-const CODE_ERROR: usize = 5;
-
 /// One color's handles.
 pub struct ColorMetrics {
-    /// `canary_proxy_requests_total{color, code}`, indexed like [`CODES`].
-    requests: [IntCounter; 6],
-    /// `canary_proxy_request_duration_seconds{color}`.
-    pub duration: Histogram,
-    /// `canary_proxy_upstream_errors_total{color, kind}`, indexed like [`ErrorKind::ALL`].
-    errors: [IntCounter; 4],
+    /// `canary_proxy_requests_total{color, code}`, `canary_proxy_request_duration_seconds{color}`
+    /// and `canary_proxy_upstream_errors_total{color, kind}`, sharded per thread.
+    responses: Arc<Responses>,
     /// `canary_proxy_weight_percent{color}`.
     pub weight_percent: Gauge,
     /// `canary_proxy_rollbacks_total{color}`.
@@ -74,18 +76,23 @@ impl ColorMetrics {
     /// Counts a response with `status`.
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.requests[class].inc();
+        self.responses.code(class);
+    }
+
+    /// Observes the time from sending to an upstream to its response headers.
+    pub fn latency(&self, latency: Duration) {
+        self.responses.latency(latency);
     }
 
     /// Counts a request that got no response, and its cause.
     pub fn no_response(&self, kind: ErrorKind) {
-        self.requests[CODE_ERROR].inc();
+        self.responses.code(CODE_ERROR);
         self.error(kind);
     }
 
     /// Counts an upstream fault.
     pub fn error(&self, kind: ErrorKind) {
-        self.errors[kind as usize].inc();
+        self.responses.error(kind);
     }
 
     /// Brings `canary_proxy_outcomes_total` up to the tally's weighted and forced counts.
@@ -99,7 +106,7 @@ impl ColorMetrics {
 
     /// The current value of `canary_proxy_requests_total{color}` summed over codes.
     pub fn requests_total(&self) -> u64 {
-        self.requests.iter().map(IntCounter::get).sum()
+        self.responses.total()
     }
 }
 
@@ -128,31 +135,7 @@ impl Metrics {
     /// Registers every metric in a new registry.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "canary_proxy_requests_total",
-                "Responses per color and status class; code=error when the upstream gave none",
-            ),
-            &["color", "code"],
-        )?;
-        let duration = prometheus::HistogramVec::new(
-            HistogramOpts::new(
-                "canary_proxy_request_duration_seconds",
-                "Time from sending to an upstream to its response headers, per color",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0, 60.0,
-            ]),
-            &["color"],
-        )?;
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "canary_proxy_upstream_errors_total",
-                "Upstream faults per color: connect, timeout, reset, or a failure status",
-            ),
-            &["color", "kind"],
-        )?;
+        let responses = ResponseMetrics::new()?;
         let weight = prometheus::GaugeVec::new(
             Opts::new(
                 "canary_proxy_weight_percent",
@@ -219,9 +202,6 @@ impl Metrics {
             Box::new(source_connected.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(fleet_isolated.clone()),
             Box::new(fleet_judge.clone()),
-            Box::new(requests.clone()),
-            Box::new(duration.clone()),
-            Box::new(errors.clone()),
             Box::new(weight.clone()),
             Box::new(rollbacks.clone()),
             Box::new(shared.clone()),
@@ -236,9 +216,7 @@ impl Metrics {
         let colors = Color::ALL.map(|color| {
             let name = color.as_str();
             ColorMetrics {
-                requests: CODES.map(|code| requests.with_label_values(&[name, code])),
-                duration: duration.with_label_values(&[name]),
-                errors: ErrorKind::ALL.map(|k| errors.with_label_values(&[name, k.label()])),
+                responses: responses.color(color),
                 weight_percent: weight.with_label_values(&[name]),
                 rollbacks: rollbacks.with_label_values(&[name]),
                 shared_fault: shared.with_label_values(&[name]),
@@ -250,6 +228,7 @@ impl Metrics {
             }
         });
         let endpoints = EndpointMetrics::register(&registry)?;
+        registry.register(Box::new(responses))?;
         Ok(Metrics {
             endpoints,
             registry,

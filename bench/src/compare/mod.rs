@@ -8,8 +8,10 @@
 //!
 //! - [`systems`]: starting each system and writing the reference proxies' configurations.
 //! - [`procfs`]: CPU time and memory of a process and its children.
+//! - [`idle`]: memory per idle kept-alive client connection.
 //! - [`table`]: medians, spreads, ratios and the printed tables.
 
+pub mod idle;
 pub mod procfs;
 pub mod systems;
 pub mod table;
@@ -42,6 +44,24 @@ pub struct CompareOptions {
     pub one_core_only: bool,
     /// Write the configurations here instead of a temporary directory.
     pub config_dir: Option<PathBuf>,
+    /// The size of the upstreams' answer bodies, if not their few dozen bytes.
+    pub body_bytes: Option<usize>,
+    /// Clients speak h2c (prior knowledge) to every system.
+    pub http2: bool,
+    /// Idle kept-alive connections opened to each proxy to measure its memory per connection.
+    pub idle_connections: Option<usize>,
+}
+
+impl CompareOptions {
+    /// The load's shape, for the tables.
+    pub fn describe_load(&self) -> String {
+        let body = match self.body_bytes {
+            Some(n) => format!("{n}-byte bodies"),
+            None => "short bodies".to_string(),
+        };
+        let protocol = if self.http2 { "h2c" } else { "HTTP/1.1" };
+        format!("{protocol} clients, {body}")
+    }
 }
 
 /// One system measured in one round.
@@ -83,10 +103,15 @@ pub struct PlanResult {
     pub plan: CpuPlan,
     /// Resident memory of each proxy right after start, bytes.
     pub idle_rss: Vec<(Kind, Option<u64>)>,
+    /// Resident memory per idle kept-alive client connection of each proxy, bytes, with
+    /// `idle_connections` open.
+    pub rss_per_idle_connection: Vec<(Kind, Option<f64>)>,
     /// Each system in each round.
     pub rounds: Vec<Round>,
     /// Systems that could not be run, with the reason.
     pub skipped: Vec<String>,
+    /// The load's shape: the clients' protocol and the size of the answers.
+    pub load: String,
 }
 
 /// The CPU plans for this machine: one core (if there are at least two), then all cores.
@@ -118,7 +143,7 @@ async fn run_load(
         connections: options.connections,
         stop: Stop::After(duration),
         rate,
-        http2: false,
+        http2: options.http2,
         timeout: Duration::from_secs(10),
     };
     Ok(load::start_on(config, workers.handles())?.finish().await)
@@ -195,7 +220,7 @@ async fn measure(
 pub async fn run(options: &CompareOptions) -> anyhow::Result<Vec<PlanResult>> {
     let mut results = Vec::new();
     for (index, plan) in plans(options.one_core_only).into_iter().enumerate() {
-        eprintln!("== {}", plan.describe());
+        eprintln!("== {}; {}", plan.describe(), options.describe_load());
         let temporary = tempfile::tempdir().context("cannot make a temporary directory")?;
         let dir = match &options.config_dir {
             Some(dir) => dir.join(format!("plan-{index}")),
@@ -207,10 +232,11 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Vec<PlanResult>> {
             CpuPlan::OneCore { client_cpus, .. } => (client_cpus.clone(), client_cpus.len()),
             CpuPlan::AllCores { cores } => (Vec::new(), *cores),
         };
-        let (_blue, blue) =
-            systems::start_upstream("blue", client_threads, &plan.client_prefix()).await?;
+        let prefix = plan.client_prefix();
+        let body = options.body_bytes;
+        let (_blue, blue) = systems::start_upstream("blue", client_threads, body, &prefix).await?;
         let (_green, green) =
-            systems::start_upstream("green", client_threads, &plan.client_prefix()).await?;
+            systems::start_upstream("green", client_threads, body, &prefix).await?;
         let upstreams = Upstreams { blue, green };
         let workers = Workers::pinned(client_threads, &client_cpus)?;
 
@@ -219,7 +245,15 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Vec<PlanResult>> {
         for kind in [Kind::Direct, Kind::CanaryProxy, Kind::Nginx, Kind::Haproxy] {
             let kind_dir = dir.join(kind.name());
             std::fs::create_dir_all(&kind_dir)?;
-            match systems::start(kind, &plan, upstreams, &kind_dir, &options.proxy_bin).await? {
+            let started = systems::start(
+                kind,
+                &plan,
+                upstreams,
+                &kind_dir,
+                &options.proxy_bin,
+                options.http2,
+            );
+            match started.await? {
                 Ok(system) => {
                     // Warm-up: connections to the upstreams, allocator arenas, page faults.
                     run_load(
@@ -239,6 +273,19 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Vec<PlanResult>> {
             }
         }
         let idle_rss = running.iter().map(|s| (s.kind, s.idle_rss)).collect();
+        let mut rss_per_idle_connection = Vec::new();
+        if let Some(connections) = options.idle_connections {
+            for system in running.iter().filter(|s| !s.pids().is_empty()) {
+                let per =
+                    idle::rss_per_connection(&system.pids(), system.target, connections).await;
+                eprintln!(
+                    "   {:<13} {} bytes of RSS per idle connection ({connections} open)",
+                    system.kind.name(),
+                    per.map_or("-".to_string(), |b| format!("{b:.0}"))
+                );
+                rss_per_idle_connection.push((system.kind, per));
+            }
+        }
         let mut rounds = Vec::new();
         for round in 0..options.rounds {
             // Interleaved, and in a rotated order, so that no system always runs first or last.
@@ -266,6 +313,8 @@ pub async fn run(options: &CompareOptions) -> anyhow::Result<Vec<PlanResult>> {
             idle_rss,
             rounds,
             skipped,
+            load: options.describe_load(),
+            rss_per_idle_connection,
         });
     }
     Ok(results)

@@ -163,11 +163,12 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Starts a `canary-bench upstream` child of `color` under `prefix`, and returns it with its
-/// address.
+/// Starts a `canary-bench upstream` child of `color` under `prefix`, answering with bodies of
+/// `body_bytes` if given, and returns it with its address.
 pub async fn start_upstream(
     color: &str,
     workers: usize,
+    body_bytes: Option<usize>,
     prefix: &[String],
 ) -> std::io::Result<(Child, SocketAddr)> {
     let exe = std::env::current_exe()?;
@@ -190,6 +191,7 @@ pub async fn start_upstream(
             "--workers",
             &workers,
         ])
+        .args(body_bytes.map(|n| format!("--body-bytes={n}")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true);
@@ -228,36 +230,50 @@ async fn wait_listening(addr: SocketAddr) -> bool {
     false
 }
 
-/// The NGINX configuration for the 95/5 split.
+/// The NGINX configuration for the 95/5 split, listening for h2c clients if `http2`. Answers
+/// are not buffered (`proxy_buffering off`, ingress-nginx's default), so a large body streams
+/// through as it does through canary-proxy instead of going to temporary files.
 pub fn nginx_config(
     dir: &Path,
     listen: SocketAddr,
-    blue: SocketAddr,
-    green: SocketAddr,
+    upstreams: Upstreams,
     workers: usize,
+    http2: bool,
 ) -> String {
     let dir = dir.display();
+    let Upstreams { blue, green } = upstreams;
+    let listen = if http2 {
+        format!("{listen} http2")
+    } else {
+        listen.to_string()
+    };
     format!(
         "worker_processes {workers};\ndaemon off;\nmaster_process on;\npid {dir}/nginx.pid;\n\
-         error_log {dir}/nginx-error.log warn;\nevents {{ worker_connections 4096; multi_accept on; }}\n\
+         error_log {dir}/nginx-error.log warn;\nworker_rlimit_nofile 20000;\nevents {{ worker_connections 16384; multi_accept on; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {dir}/client_body;\n  proxy_temp_path {dir}/proxy;\n\
          \x20 upstream colors {{\n    server {blue} weight=95;\n    server {green} weight=5;\n    keepalive 256;\n    keepalive_requests 1000000;\n  }}\n\
          \x20 server {{\n    listen {listen} backlog=4096;\n    location / {{\n      proxy_pass http://colors;\n\
-         \x20     proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n\
+         \x20     proxy_http_version 1.1;\n      proxy_buffering off;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n\
          \x20     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }}\n  }}\n}}\n"
     )
 }
 
-/// The HAProxy configuration for the 95/5 split.
+/// The HAProxy configuration for the 95/5 split, listening for h2c clients if `http2`.
 pub fn haproxy_config(
     listen: SocketAddr,
-    blue: SocketAddr,
-    green: SocketAddr,
+    upstreams: Upstreams,
     workers: usize,
+    http2: bool,
 ) -> String {
+    let Upstreams { blue, green } = upstreams;
+    let bind = if http2 {
+        format!("{listen} proto h2")
+    } else {
+        listen.to_string()
+    };
     format!(
-        "global\n  nbthread {workers}\n  maxconn 4096\n\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n\
-         \x20 timeout server 60s\n  option forwardfor\n  http-reuse always\n\nfrontend split\n  bind {listen}\n  default_backend colors\n\n\
+        "global\n  nbthread {workers}\n  maxconn 9000\n\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n\
+         \x20 timeout server 60s\n  option forwardfor\n  http-reuse always\n\nfrontend split\n  bind {bind}\n  default_backend colors\n\n\
          backend colors\n  balance roundrobin\n  server blue {blue} weight 95\n  server green {green} weight 5\n"
     )
 }
@@ -271,13 +287,15 @@ pub struct Upstreams {
     pub green: SocketAddr,
 }
 
-/// Starts `kind` under `plan` in `dir`; `Ok(None)` with a reason when it is not installed.
+/// Starts `kind` under `plan` in `dir`, for h2c clients if `http2`; `Ok(None)` with a reason
+/// when it is not installed.
 pub async fn start(
     kind: Kind,
     plan: &CpuPlan,
     upstreams: Upstreams,
     dir: &Path,
     proxy_bin: &Path,
+    http2: bool,
 ) -> anyhow::Result<Result<Running, String>> {
     let workers = plan.workers();
     let (process, target, main_pid) = match kind {
@@ -321,10 +339,7 @@ pub async fn start(
             };
             if kind == Kind::Nginx {
                 let path = dir.join("nginx.conf");
-                std::fs::write(
-                    &path,
-                    nginx_config(dir, listen, upstreams.blue, upstreams.green, workers),
-                )?;
+                std::fs::write(&path, nginx_config(dir, listen, upstreams, workers, http2))?;
                 command
                     .arg("-c")
                     .arg(&path)
@@ -334,10 +349,7 @@ pub async fn start(
                     .arg(dir.join("nginx-error.log"));
             } else {
                 let path = dir.join("haproxy.cfg");
-                std::fs::write(
-                    &path,
-                    haproxy_config(listen, upstreams.blue, upstreams.green, workers),
-                )?;
+                std::fs::write(&path, haproxy_config(listen, upstreams, workers, http2))?;
                 command.arg("-f").arg(&path).arg("-db");
             }
             let log = dir.join("stderr.log");
@@ -379,26 +391,39 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    fn upstreams() -> Upstreams {
+        Upstreams {
+            blue: addr(8081),
+            green: addr(8082),
+        }
+    }
+
     #[test]
     fn nginx_splits_95_5_with_keepalive() {
-        let text = nginx_config(Path::new("/tmp/x"), addr(8080), addr(8081), addr(8082), 1);
+        let text = nginx_config(Path::new("nginx-dir"), addr(8080), upstreams(), 1, false);
         assert!(text.contains("server 127.0.0.1:8081 weight=95;"));
         assert!(text.contains("server 127.0.0.1:8082 weight=5;"));
         assert!(text.contains("keepalive 256;"));
         assert!(text.contains("proxy_http_version 1.1;"));
         assert!(text.contains("proxy_set_header Connection \"\";"));
         assert!(text.contains("worker_processes 1;"));
-        assert!(text.contains("listen 127.0.0.1:8080"));
+        assert!(text.contains("listen 127.0.0.1:8080 backlog"));
+        assert!(text.contains("proxy_buffering off;"));
+        let h2c = nginx_config(Path::new("nginx-dir"), addr(8080), upstreams(), 1, true);
+        assert!(h2c.contains("listen 127.0.0.1:8080 http2 backlog"));
     }
 
     #[test]
     fn haproxy_splits_95_5_with_reuse() {
-        let text = haproxy_config(addr(8080), addr(8081), addr(8082), 2);
+        let text = haproxy_config(addr(8080), upstreams(), 2, false);
         assert!(text.contains("server blue 127.0.0.1:8081 weight 95"));
         assert!(text.contains("server green 127.0.0.1:8082 weight 5"));
         assert!(text.contains("http-reuse always"));
         assert!(text.contains("balance roundrobin"));
         assert!(text.contains("nbthread 2"));
+        assert!(text.contains("bind 127.0.0.1:8080\n"));
+        let h2c = haproxy_config(addr(8080), upstreams(), 2, true);
+        assert!(h2c.contains("bind 127.0.0.1:8080 proto h2\n"));
     }
 
     #[test]

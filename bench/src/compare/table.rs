@@ -108,7 +108,7 @@ fn load_rss(r: &Round) -> Option<f64> {
 /// The comparison of one plan as a text table, with the targets' verdicts under it.
 pub fn render(result: &PlanResult, rate: f64, connections: usize) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "== {}", result.plan.describe());
+    let _ = writeln!(out, "== {}; {}", result.plan.describe(), result.load);
     for line in &result.skipped {
         let _ = writeln!(out, "   {line}");
     }
@@ -177,7 +177,42 @@ pub fn render(result: &PlanResult, rate: f64, connections: usize) -> String {
          busy = the proxy's CPU time during the closed loop, % of one core; RSS in MiB; \
          × = median ratio per round (min-max); ± = half the range over rounds"
     );
+    out.push_str(&idle_connections(result));
     out.push_str(&verdicts(result));
+    out
+}
+
+/// Each proxy's resident memory per idle kept-alive connection, and canary-proxy's against
+/// NGINX's, when they were measured.
+fn idle_connections(result: &PlanResult) -> String {
+    let per = |kind| {
+        result
+            .rss_per_idle_connection
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .and_then(|(_, bytes)| *bytes)
+    };
+    let mut out = String::new();
+    if result.rss_per_idle_connection.is_empty() {
+        return out;
+    }
+    let figures: Vec<String> = result
+        .rss_per_idle_connection
+        .iter()
+        .map(|(kind, bytes)| {
+            let kib = bytes.map_or("-".to_string(), |b| format!("{:.1} KiB", b / 1024.0));
+            format!("{} {kib}", kind.name())
+        })
+        .collect();
+    let _ = writeln!(out, "   RSS per idle connection: {}", figures.join(", "));
+    if let (Some(ours), Some(nginx)) = (per(Kind::CanaryProxy), per(Kind::Nginx)) {
+        let ratio = ours / nginx.max(1.0);
+        let mark = if ours <= nginx { "met" } else { "NOT met" };
+        let _ = writeln!(
+            out,
+            "   target RSS per idle connection <= nginx ({ratio:.2}): {mark}"
+        );
+    }
     out
 }
 

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::Response;
-use http::header::HeaderName;
+use http::header::{CONNECTION, HeaderName};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::lean::{Answer, Lean, LeanError};
 use super::live::{PerColor, Slot};
 use super::report::ErrorCounts;
 use super::{LoadConfig, Shared, Stop};
@@ -83,9 +84,9 @@ pub(crate) struct ConnOutcome {
     pub(crate) finished: Instant,
 }
 
-/// A sender for either protocol.
+/// A client for either protocol: the lean one for HTTP/1.1, hyper's for HTTP/2.
 enum Sender {
-    H1(http1::SendRequest<Empty<Bytes>>),
+    H1(Lean),
     H2(http2::SendRequest<Empty<Bytes>>),
 }
 
@@ -143,33 +144,42 @@ impl Sender {
                 Box::pin(async move { drop(connection.await) }),
             ))
         } else {
-            let (sender, connection) = http1::handshake(io).await.map_err(|_| Failure::Connect)?;
+            // The lean client does its I/O in the exchange itself: nothing else to drive.
             Ok((
-                Sender::H1(sender),
-                Box::pin(async move { drop(connection.await) }),
+                Sender::H1(Lean::new(io.into_inner(), &config.target)),
+                Box::pin(std::future::pending()),
             ))
         }
     }
 
     /// Sends one request and reads its whole body (which keeps the connection reusable).
-    async fn exchange(&mut self, config: &LoadConfig) -> Result<Response<()>, Failure> {
-        let response: Response<Incoming> = match self {
-            Sender::H1(sender) => {
-                sender.ready().await.map_err(|_| Failure::Closed)?;
-                let request = config.target.request(false, Empty::new());
-                sender.send_request(request).await.map_err(|e| unsent(&e))?
+    async fn exchange(&mut self, config: &LoadConfig) -> Result<Answer, Failure> {
+        let sender = match self {
+            Sender::H1(lean) => {
+                return lean.exchange().await.map_err(|e| match e {
+                    LeanError::Closed => Failure::Closed,
+                    LeanError::Io => Failure::Io,
+                });
             }
-            Sender::H2(sender) => {
-                sender.ready().await.map_err(|_| Failure::Closed)?;
-                let request = config.target.request(true, Empty::new());
-                sender.send_request(request).await.map_err(|e| unsent(&e))?
-            }
+            Sender::H2(sender) => sender,
         };
-        let (parts, mut body) = response.into_parts();
+        sender.ready().await.map_err(|_| Failure::Closed)?;
+        let request = config.target.request(true, Empty::new());
+        let response: Response<Incoming> =
+            sender.send_request(request).await.map_err(|e| unsent(&e))?;
+        let answer = Answer {
+            status: response.status().as_u16(),
+            color: Slot::of(response.headers().get(&X_COLOR).map(|v| v.as_bytes())),
+            close: response
+                .headers()
+                .get(CONNECTION)
+                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close")),
+        };
+        let mut body = response.into_body();
         while let Some(frame) = body.frame().await {
             frame.map_err(|_| Failure::Io)?;
         }
-        Ok(Response::from_parts(parts, ()))
+        Ok(answer)
     }
 }
 
@@ -236,16 +246,16 @@ impl Runner<'_> {
     }
 
     /// Records one request's result, started at `start`.
-    fn record(&mut self, start: Instant, result: Result<Response<()>, Failure>) {
+    fn record(&mut self, start: Instant, result: Result<Answer, Failure>) {
         let done = Instant::now();
         self.clock = done;
         self.outcome.finished = done;
         let live = &self.shared.live[self.plan.index];
         let outcome = &mut self.outcome;
         match result {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let slot = Slot::of(response.headers().get(&X_COLOR));
+            Ok(answer) => {
+                let status = answer.status;
+                let slot = answer.color;
                 let at_ns = done.duration_since(self.shared.started).as_nanos() as u64;
                 live.response(slot, status, at_ns);
                 outcome.statuses[usize::from(status)] += 1;
@@ -330,7 +340,7 @@ impl Runner<'_> {
                 Err(Failure::Closed) if answered => return SessionEnd::Resend(start),
                 Err(_) => Some(SessionEnd::Reconnect),
                 // The server closed after answering (NGINX does after keepalive_requests).
-                Ok(response) if closed || closes(response) => Some(SessionEnd::Reconnect),
+                Ok(answer) if closed || answer.close => Some(SessionEnd::Reconnect),
                 Ok(_) => None,
             };
             answered = true;
@@ -344,14 +354,6 @@ impl Runner<'_> {
             }
         }
     }
-}
-
-/// Whether an HTTP/1.1 answer closes its connection.
-fn closes(response: &Response<()>) -> bool {
-    response
-        .headers()
-        .get(http::header::CONNECTION)
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// Runs one connection until its plan or the stop signal ends it.

@@ -16,8 +16,8 @@ pub(crate) enum Slot {
 }
 
 impl Slot {
-    pub(crate) fn of(value: Option<&http::HeaderValue>) -> Slot {
-        match value.map(http::HeaderValue::as_bytes) {
+    pub(crate) fn of(value: Option<&[u8]>) -> Slot {
+        match value {
             Some(b"blue") => Slot::Blue,
             Some(b"green") => Slot::Green,
             _ => Slot::None,

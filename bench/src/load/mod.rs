@@ -9,11 +9,13 @@
 //!
 //! - [`target`]: the URL parsed into what a connection needs.
 //! - `conn`: one connection's loop.
+//! - `lean`: the HTTP/1.1 client, parsing answers in place (hyper's client speaks HTTP/2).
 //! - [`live`]: the counters a running load exposes (progress line, demo timeline).
 //! - [`report`]: the merged result, its text and JSON forms.
 //! - [`Workers`]: single-threaded runtimes on their own threads, wrk's model, for the CLI.
 
 mod conn;
+pub(crate) mod lean;
 pub mod live;
 pub mod report;
 pub mod target;

@@ -102,6 +102,16 @@ impl Target {
         }
     }
 
+    /// The path (and query) every request asks for.
+    pub(crate) fn path(&self) -> &PathAndQuery {
+        &self.path
+    }
+
+    /// The `host:port` of the `Host` header.
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
     /// A `GET` request for the target: origin-form with `Host` for HTTP/1.1, absolute-form
     /// (which becomes `:scheme` and `:authority`) for HTTP/2.
     pub(crate) fn request<B>(&self, http2: bool, body: B) -> Request<B> {

@@ -10,15 +10,13 @@
 //! fell among its successes, for the streak rule. Those are shared, but written only on a
 //! failure and on the first success after one.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::config::Color;
 use crate::rollback::latency;
 use crate::rollback::sequential::{Counts, Streaks};
-
-/// Shards; threads are spread over them round robin.
-const SHARDS: usize = 16;
+use crate::shard::{self, SHARDS};
 
 /// Whether an outcome is evidence about the canary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +123,7 @@ impl Tally {
         failed: bool,
         latency: Option<Duration>,
     ) {
-        let shard = &self.shards[shard_index()].0[color.index()];
+        let shard = &self.shards[shard::index()].0[color.index()];
         let counters = match evidence {
             Evidence::Weighted => &shard.weighted,
             Evidence::Forced => &shard.forced,
@@ -195,15 +193,6 @@ impl Tally {
         t.forced = Counts::new(f[0], f[1]);
         t
     }
-}
-
-/// This thread's shard.
-fn shard_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
-    }
-    SHARD.with(|s| *s)
 }
 
 #[cfg(test)]

@@ -1,0 +1,99 @@
+//! Response accounting from 1 and 2 threads at once: `Runtime::account` as the proxy calls it
+//! at each response's end, beside the same writes made to one shared set of Prometheus handles
+//! (how the per-response metrics were kept before they were sharded). With nothing shared, the
+//! cost per call stays flat as threads are added; with shared counters, the threads fight
+//! over their cache lines. Costs are each thread's own CPU time (from
+//! `/proc/thread-self/schedstat`), so that other work on the machine does not count; they
+//! are only comparable when the machine has the threads' cores to spare.
+//!
+//! `cargo bench -p canary-proxy --bench accounting`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use canary_proxy::accounting::Outcome;
+use canary_proxy::config::Color;
+use canary_proxy::metrics::Metrics;
+use canary_proxy::rollback::tally::Evidence;
+use canary_proxy::route::Choice;
+use canary_proxy::runtime::Runtime;
+use prometheus::{Histogram, HistogramOpts, IntCounter};
+
+/// Calls per thread in one measurement.
+const CALLS: u64 = 2_000_000;
+/// Measurements per setting; the fastest is reported.
+const ROUNDS: usize = 5;
+
+fn main() {
+    let runtime = Runtime::new(Metrics::new().expect("metrics"), "bench".into());
+    let data = [
+        ("blue.upstream", "127.0.0.1:1"),
+        ("green.upstream", "127.0.0.1:2"),
+        ("canary-weight", "5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    runtime.apply(&data, "bench", |_| None).expect("config");
+    let table = runtime.routes().clone().expect("table");
+    let stable = table.config.stable;
+    let sharded = |_: usize| {
+        let choice = Choice {
+            color: stable,
+            evidence: Evidence::Weighted,
+        };
+        for i in 0..CALLS {
+            let latency = Duration::from_micros(100 + i % 512);
+            runtime.account(&table, black_box(choice), Outcome::Response(200), latency);
+        }
+    };
+    let requests = IntCounter::new("requests", "shared").expect("counter");
+    let duration = Histogram::with_opts(HistogramOpts::new("duration", "shared")).expect("hist");
+    let shared = |_: usize| {
+        for i in 0..CALLS {
+            let latency = Duration::from_micros(100 + i % 512);
+            black_box(&requests).inc();
+            duration.observe(latency.as_secs_f64());
+        }
+    };
+    println!("threads  accounting ns/call  shared-handles ns/call");
+    for threads in [1, 2] {
+        let ours = best(threads, &sharded);
+        let theirs = best(threads, &shared);
+        println!("{threads:>7}  {ours:>18.1}  {theirs:>22.1}");
+    }
+    let total = runtime.metrics.color(Color::Blue).requests_total()
+        + runtime.metrics.color(Color::Green).requests_total();
+    assert_eq!(total, CALLS * 3 * ROUNDS as u64, "every call was counted");
+}
+
+/// The fastest of [`ROUNDS`] runs of `work` on `threads` threads at once, in nanoseconds of
+/// CPU time per call, averaged over the threads.
+fn best(threads: usize, work: &(impl Fn(usize) + Sync)) -> f64 {
+    (0..ROUNDS)
+        .map(|_| {
+            let cpu: u64 = std::thread::scope(|s| {
+                let running: Vec<_> = (0..threads)
+                    .map(|t| {
+                        s.spawn(move || {
+                            let before = thread_cpu();
+                            work(t);
+                            thread_cpu() - before
+                        })
+                    })
+                    .collect();
+                running.into_iter().map(|t| t.join().expect("thread")).sum()
+            });
+            cpu as f64 / (CALLS * threads as u64) as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The calling thread's CPU time so far, in nanoseconds.
+fn thread_cpu() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+    stat.split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .expect("schedstat's first field")
+}
