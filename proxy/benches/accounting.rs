@@ -44,7 +44,14 @@ fn main() {
         };
         for i in 0..CALLS {
             let latency = Duration::from_micros(100 + i % 512);
-            runtime.account(&table, black_box(choice), Outcome::Response(200), latency);
+            let served = table.upstreams[stable.index()].serve_first();
+            runtime.account(
+                &table,
+                black_box(choice),
+                served.as_ref(),
+                Outcome::Response(200),
+                latency,
+            );
         }
     };
     let requests = IntCounter::new("requests", "shared").expect("counter");

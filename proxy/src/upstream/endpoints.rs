@@ -296,6 +296,12 @@ impl Endpoints {
         (outlier::excused(streak, n, well), ejected)
     }
 
+    /// Starts a request at the first endpoint, without the balancer's choice or a connection:
+    /// what the accounting benchmark feeds [`outcome`](Endpoints::outcome) with.
+    pub fn serve_first(&self) -> Option<Served> {
+        self.endpoints.load().first().map(Served::start)
+    }
+
     /// Each endpoint's state, in the configured order.
     pub fn status(&self) -> Vec<EndpointStatus> {
         let now = now();
