@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::config::{Color, Config, ConfigError};
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
+use crate::progressive;
 use crate::rfc3339;
 use crate::rollback::history::History;
 use crate::rollback::judge::Judge;
@@ -301,6 +302,19 @@ impl Runtime {
         });
     }
 
+    /// Swaps `next` in if `current` is still the table (a step of the plan); false when a
+    /// reload or a rollback came first.
+    pub fn replace(&self, current: &Arc<RouteTable>, next: Arc<RouteTable>) -> bool {
+        let previous = self
+            .routes
+            .compare_and_swap(Arc::as_ptr(current), Some(next.clone()));
+        let swapped = previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, current));
+        if swapped {
+            self.publish_weights(&next);
+        }
+        swapped
+    }
+
     fn publish_weights(&self, table: &RouteTable) {
         for color in Color::ALL {
             self.metrics
@@ -329,6 +343,7 @@ fn carry_over(fresh: &RouteTable, previous: Option<&RouteTable>, tally: &Tally) 
     match previous {
         Some(p) if same_canary(p, &table) && p.rolled_back.is_none() => {
             table.judge = p.judge.clone();
+            progressive::apply::carry(&mut table, p);
         }
         _ => {
             tally.reset_streak(canary);

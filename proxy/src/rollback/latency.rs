@@ -19,7 +19,7 @@ pub fn bin(latency: Duration) -> usize {
 }
 
 /// The lower edge of bin `bin`, in microseconds.
-fn floor_us(bin: usize) -> f64 {
+pub fn floor_us(bin: usize) -> f64 {
     let (octave, sub) = (bin / 4, bin % 4);
     if octave < 2 {
         return (bin % 4).max(1) as f64;
@@ -27,23 +27,31 @@ fn floor_us(bin: usize) -> f64 {
     ((4 + sub as u64) << (octave - 2)) as f64
 }
 
-/// The `q` quantile of the histogram `bins`; `None` when it is empty.
-pub fn quantile(bins: &[u64; BINS], q: f64) -> Option<Duration> {
+/// Latencies in bin `from` or above: those at least [`floor_us`]`(from)` long.
+pub fn at_least(bins: &[u64; BINS], from: usize) -> u64 {
+    bins.get(from..).map_or(0, |b| b.iter().sum())
+}
+
+/// The bin holding the `q` quantile of `bins`; `None` when it is empty.
+pub fn quantile_bin(bins: &[u64; BINS], q: f64) -> Option<usize> {
     let total: u64 = bins.iter().sum();
     if total == 0 {
         return None;
     }
     let rank = ((total as f64 * q).ceil() as u64).max(1);
     let mut seen = 0;
-    for (bin, &n) in bins.iter().enumerate() {
+    bins.iter().position(|&n| {
         seen += n;
-        if seen >= rank {
-            // The middle of the bin, geometrically: within 12 % of any value in it.
-            let mid = (floor_us(bin) * floor_us(bin + 1)).sqrt();
-            return Some(Duration::from_nanos((mid * 1000.0) as u64));
-        }
-    }
-    None
+        seen >= rank
+    })
+}
+
+/// The `q` quantile of the histogram `bins`; `None` when it is empty.
+pub fn quantile(bins: &[u64; BINS], q: f64) -> Option<Duration> {
+    let bin = quantile_bin(bins, q)?;
+    // The middle of the bin, geometrically: within 12 % of any value in it.
+    let mid = (floor_us(bin) * floor_us(bin + 1)).sqrt();
+    Some(Duration::from_nanos((mid * 1000.0) as u64))
 }
 
 #[cfg(test)]

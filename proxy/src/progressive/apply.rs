@@ -1,0 +1,100 @@
+//! Moving the routing table along the plan: each step is a new table with the next weight,
+//! swapped in by compare-and-swap, so a reload or a rollback that came first wins and the
+//! step is tried again on the next look.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tracing::info;
+
+use crate::progressive::StepLook;
+use crate::progressive::gate::GatePlan;
+use crate::progressive::plan::Decision;
+use crate::rfc3339;
+use crate::rollback::judge::Judge;
+use crate::rollback::slowdown::LatencyPlan;
+use crate::route::RouteTable;
+use crate::runtime::Runtime;
+
+impl Runtime {
+    /// One look of `table`'s step plan, from the timer: moves the canary's weight to the next
+    /// step, or promotes it, when the plan says so.
+    pub fn step_plan(&self, table: &Arc<RouteTable>) {
+        let config = &table.config;
+        let Some(policy) = &config.progressive else {
+            return;
+        };
+        let gate = gate_plan(table);
+        let now_ms = self.now_ms();
+        let decision = table.progress.tick(StepLook {
+            tally: &self.tally,
+            policy,
+            gate: &gate,
+            canary: config.canary(),
+            weight: config.weight,
+            share: table.canary_share(),
+            now_ms,
+        });
+        let at = || rfc3339::format(SystemTime::now());
+        match decision {
+            Decision::Hold => {}
+            Decision::Advance { from, to } => {
+                let mut next = RouteTable::clone(table);
+                Arc::make_mut(&mut next.config).weight = to;
+                if self.replace(table, Arc::new(next)) {
+                    table.progress.left(to.to_string(), now_ms, at());
+                    info!(canary = %config.canary(), from, to, "canary step promoted");
+                }
+            }
+            Decision::Promote { from } => {
+                let canary = config.canary();
+                let mut next = RouteTable::clone(table);
+                let promoted = Arc::make_mut(&mut next.config);
+                promoted.stable = canary;
+                promoted.weight = 0;
+                let at = at();
+                next.progress = Arc::new(table.progress.promoted(promoted, &at));
+                // The old stable is now the canary, with no traffic and a clean record.
+                next.judge = Arc::new(Judge::starting_now(&self.tally));
+                if self.replace(table, Arc::new(next)) {
+                    self.tally.reset_streak(canary.other());
+                    table.progress.left("promoted".into(), now_ms, at);
+                    info!(%canary, from, "canary promoted: it is stable now");
+                }
+            }
+        }
+    }
+}
+
+/// The gate's constants for `table`'s rollback policy.
+pub fn gate_plan(table: &RouteTable) -> GatePlan {
+    let policy = &table.config.rollback;
+    GatePlan::new(
+        policy.max_error_rate,
+        policy.confidence,
+        latency_plan(table),
+    )
+}
+
+/// The latency trigger's constants for `table`, when it is on.
+pub fn latency_plan(table: &RouteTable) -> Option<LatencyPlan> {
+    let policy = &table.config.rollback;
+    policy
+        .latency
+        .map(|l| LatencyPlan::new(l.max_increase, l.quantile, policy.confidence))
+}
+
+/// Carries the plan of `previous` (the same canary, not rolled back) into `table`, a reload's
+/// new table: the steps done, and the plan's weight unless the source's own weight changed.
+pub fn carry(table: &mut RouteTable, previous: &RouteTable) {
+    if table.config.progressive.is_none() || previous.config.progressive.is_none() {
+        return;
+    }
+    let weight = previous
+        .progress
+        .reload(&table.config, previous.config.weight);
+    if weight != table.config.weight && weight <= table.config.weight_total {
+        Arc::make_mut(&mut table.config).weight = weight;
+    }
+    table.progress = previous.progress.clone();
+}
