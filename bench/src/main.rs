@@ -12,6 +12,7 @@ use canary_bench::demo::{self, DemoOptions};
 use canary_bench::load::{self, LoadConfig, Stop, Target, Workers};
 use canary_bench::proxy;
 use canary_bench::simulate::fleet::FleetOptions;
+use canary_bench::simulate::progressive::{self, ProgressiveOptions};
 use canary_bench::simulate::{self, RuleName, SimulateOptions};
 use canary_bench::soak::{self, SoakOptions};
 use canary_bench::units::parse_duration;
@@ -69,6 +70,11 @@ struct SimulateArgs {
     /// judge against every replica judging alone (100 seeds of 24 h; 4 of 1 h with --quick).
     #[arg(long)]
     fleet: bool,
+    /// The progressive-delivery table instead: releases through steps 5,25,50,100 (healthy,
+    /// failing, slower) at 10 and 1,000 requests a second; promotions, rollbacks and their
+    /// times (100 seeds; 10 with --quick).
+    #[arg(long, conflicts_with = "fleet")]
+    progressive: bool,
 }
 
 #[derive(Args, Debug)]
@@ -216,6 +222,9 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
     if args.fleet {
         return run_simulate_fleet(&args);
     }
+    if args.progressive {
+        return run_simulate_progressive(&args);
+    }
     let mut options = if args.quick {
         SimulateOptions::quick()
     } else {
@@ -249,6 +258,31 @@ fn print_report<R: serde::Serialize>(
         eprintln!("simulated in {:.0?}", started.elapsed());
     }
     Ok(())
+}
+
+fn run_simulate_progressive(args: &SimulateArgs) -> anyhow::Result<()> {
+    let mut options = if args.quick {
+        ProgressiveOptions::quick()
+    } else {
+        ProgressiveOptions::full()
+    };
+    if let Some(seeds) = args.seeds {
+        options.seeds = seeds;
+    }
+    if let Some(rates) = &args.rates {
+        options.rates = rates.clone();
+    }
+    let started = std::time::Instant::now();
+    let report = (
+        progressive::simulate_progressive(&options),
+        progressive::simulate_alarms(&options),
+    );
+    print_report(
+        args.json,
+        &report,
+        || progressive::markdown(&report.0, &options) + &progressive::alarms_markdown(&report.1),
+        started,
+    )
 }
 
 fn run_simulate_fleet(args: &SimulateArgs) -> anyhow::Result<()> {
