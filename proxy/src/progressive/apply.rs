@@ -53,12 +53,11 @@ impl Runtime {
                 promoted.stable = canary;
                 promoted.weight = 0;
                 let at = at();
-                next.progress = Arc::new(table.progress.promoted(promoted, &at));
+                next.progress = Arc::new(table.progress.promoted(promoted, now_ms, &at));
                 // The old stable is now the canary, with no traffic and a clean record.
                 next.judge = Arc::new(Judge::starting_now(&self.tally));
                 if self.replace(table, Arc::new(next)) {
                     self.tally.reset_streak(canary.other());
-                    table.progress.left("promoted".into(), now_ms, at);
                     info!(%canary, from, "canary promoted: it is stable now");
                 }
             }

@@ -75,6 +75,20 @@ pub struct Done {
     pub to: String,
 }
 
+impl Done {
+    /// `step`, left at `now_ms` (`at` in RFC 3339) for `to`.
+    fn of(step: &Step, now_ms: u64, at: String, to: String) -> Done {
+        Done {
+            weight: step.weight,
+            seconds: now_ms.saturating_sub(step.since_ms) as f64 / 1000.0,
+            canary: step.gate.canary,
+            stable: step.gate.stable,
+            at,
+            to,
+        }
+    }
+}
+
 /// What a look of the plan needs.
 #[derive(Clone, Copy)]
 pub struct StepLook<'a> {
@@ -168,22 +182,25 @@ impl Stepper {
     pub fn left(&self, to: String, now_ms: u64, at: String) {
         let mut state = self.lock();
         if let Some(step) = state.step {
-            state.done.push(Done {
-                weight: step.weight,
-                seconds: now_ms.saturating_sub(step.since_ms) as f64 / 1000.0,
-                canary: step.gate.canary,
-                stable: step.gate.stable,
-                at,
-                to,
-            });
+            state.done.push(Done::of(&step, now_ms, at, to));
         }
     }
 
-    /// The plan of the table that follows a full promotion: the steps done, and the ending.
-    pub fn promoted(&self, config: &Config, at: &str) -> Stepper {
+    /// The plan of the table that follows a full promotion at `now_ms` (`at` in RFC 3339):
+    /// the steps done, the last one included, and the ending.
+    pub fn promoted(&self, config: &Config, now_ms: u64, at: &str) -> Stepper {
         let state = self.lock();
+        let mut done = state.done.clone();
+        if let Some(step) = state.step {
+            done.push(Done::of(
+                &step,
+                now_ms,
+                at.to_owned(),
+                "promoted".to_owned(),
+            ));
+        }
         Stepper::from_state(State {
-            done: state.done.clone(),
+            done,
             source_weight: state.source_weight,
             source_paused: state.source_paused,
             finished: Some(format!(
