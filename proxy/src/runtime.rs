@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use crate::config::{Color, Config, ConfigError};
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
-use crate::progressive;
+use crate::progressive::{self, StepEvent};
 use crate::rfc3339;
 use crate::rollback::history::History;
 use crate::rollback::judge::Judge;
@@ -62,6 +62,8 @@ pub struct Runtime {
     last_error: ArcSwapOption<ConfigFault>,
     /// Tells subscribers (the Kubernetes write-back) about rollbacks.
     rollbacks: broadcast::Sender<RollbackEvent>,
+    /// Tells subscribers (the Kubernetes write-back) about the step plan's moves.
+    steps: broadcast::Sender<StepEvent>,
     /// Where the configuration comes from, for `/status` and logs.
     pub source: String,
     /// How the source is doing, in a sentence, for `/readyz` and `/status`.
@@ -84,6 +86,7 @@ impl Runtime {
             draining: AtomicBool::new(false),
             last_error: ArcSwapOption::empty(),
             rollbacks: broadcast::channel(16).0,
+            steps: broadcast::channel(16).0,
             source,
             source_state: ArcSwap::from_pointee("reading the configuration".to_owned()),
             process: format!("{:016x}", rand::random::<u64>()),
@@ -154,6 +157,16 @@ impl Runtime {
     /// Subscribes to rollbacks.
     pub fn subscribe_rollbacks(&self) -> broadcast::Receiver<RollbackEvent> {
         self.rollbacks.subscribe()
+    }
+
+    /// Subscribes to the step plan's moves.
+    pub fn subscribe_steps(&self) -> broadcast::Receiver<StepEvent> {
+        self.steps.subscribe()
+    }
+
+    /// Tells subscribers about a move of the step plan (nobody listening is fine).
+    pub fn announce_step(&self, event: StepEvent) {
+        let _ = self.steps.send(event);
     }
 
     /// Validates `data` and, if it is good, swaps it in; otherwise keeps the current table.

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::progressive::StepLook;
 use crate::progressive::gate::GatePlan;
 use crate::progressive::plan::Decision;
+use crate::progressive::{StepEvent, StepLook};
 use crate::rfc3339;
 use crate::rollback::judge::Judge;
 use crate::rollback::slowdown::LatencyPlan;
@@ -37,16 +37,29 @@ impl Runtime {
         });
         let at = || rfc3339::format(SystemTime::now());
         match decision {
-            Decision::Hold => {}
+            Decision::Hold => {
+                if let Some(reason) = table.progress.pause_news(policy.paused) {
+                    warn!(canary = %config.canary(), %reason, "step plan paused");
+                    self.announce_step(StepEvent::Paused { reason });
+                }
+            }
             Decision::Advance { from, to } => {
+                let evidence = table.progress.describe(&gate, now_ms);
                 let mut next = RouteTable::clone(table);
                 Arc::make_mut(&mut next.config).weight = to;
                 if self.replace(table, Arc::new(next)) {
                     table.progress.left(to.to_string(), now_ms, at());
-                    info!(canary = %config.canary(), from, to, "canary step promoted");
+                    info!(canary = %config.canary(), from, to, %evidence, "canary step promoted");
+                    self.announce_step(StepEvent::Advanced {
+                        from,
+                        to,
+                        revision: table.revision.clone(),
+                        evidence,
+                    });
                 }
             }
             Decision::Promote { from } => {
+                let evidence = table.progress.describe(&gate, now_ms);
                 let canary = config.canary();
                 let mut next = RouteTable::clone(table);
                 let promoted = Arc::make_mut(&mut next.config);
@@ -58,7 +71,12 @@ impl Runtime {
                 next.judge = Arc::new(Judge::starting_now(&self.tally));
                 if self.replace(table, Arc::new(next)) {
                     self.tally.reset_streak(canary.other());
-                    info!(%canary, from, "canary promoted: it is stable now");
+                    info!(%canary, from, %evidence, "canary promoted: it is stable now");
+                    self.announce_step(StepEvent::Promoted {
+                        stable: canary,
+                        revision: table.revision.clone(),
+                        evidence,
+                    });
                 }
             }
         }

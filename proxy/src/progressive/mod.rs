@@ -19,7 +19,7 @@ pub mod gate;
 pub mod plan;
 pub mod status;
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
@@ -56,6 +56,38 @@ struct State {
     manual: Option<String>,
     /// How the plan ended, once it has.
     finished: Option<String>,
+    /// The pause last announced, so each pause is announced once.
+    announced_pause: Option<String>,
+}
+
+/// A move of the plan, for whoever records it (the Kubernetes write-back and its Events).
+#[derive(Clone, Debug)]
+pub enum StepEvent {
+    /// The canary moved to the next step.
+    Advanced {
+        /// The step left.
+        from: u32,
+        /// The step entered.
+        to: u32,
+        /// The revision the move was decided on.
+        revision: Arc<str>,
+        /// The evidence at the step left, in a sentence.
+        evidence: String,
+    },
+    /// The canary became stable, with all the traffic.
+    Promoted {
+        /// The color that is stable now.
+        stable: Color,
+        /// The revision the move was decided on.
+        revision: Arc<str>,
+        /// The evidence at the last step, in a sentence.
+        evidence: String,
+    },
+    /// The plan was paused.
+    Paused {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A step that was left.
@@ -175,6 +207,54 @@ impl Stepper {
             look.share,
             paused,
         )
+    }
+
+    /// The current step's evidence at `now_ms`, in a sentence, for logs and Events.
+    pub fn describe(&self, gate: &GatePlan, now_ms: u64) -> String {
+        let Some(step) = self.lock().step else {
+            return "no step yet".into();
+        };
+        let g = &step.gate;
+        let mut text = format!(
+            "step {} passed after {:.0} s: the canary failed {} of {} requests, stable {} of {}; \
+             failure evidence {:.1} of {:.1}",
+            step.weight,
+            now_ms.saturating_sub(step.since_ms) as f64 / 1000.0,
+            g.canary.failures,
+            g.canary.requests,
+            g.stable.failures,
+            g.stable.requests,
+            g.failures,
+            gate.boundary,
+        );
+        if gate.latency.is_some() {
+            text.push_str(&format!(
+                ", latency evidence {:.1}; slow requests: canary {} of {}, stable {} of {}",
+                g.latency,
+                g.slow.failures,
+                g.slow.requests,
+                g.slow_stable.failures,
+                g.slow_stable.requests
+            ));
+        }
+        text
+    }
+
+    /// A pause not announced yet (by a hand edit, or `progressive.paused`), once.
+    pub fn pause_news(&self, policy_paused: bool) -> Option<String> {
+        let mut state = self.lock();
+        if state.step.is_none() || state.finished.is_some() {
+            return None;
+        }
+        let now = state
+            .manual
+            .clone()
+            .or_else(|| policy_paused.then(|| "progressive.paused is true".to_owned()));
+        if now == state.announced_pause {
+            return None;
+        }
+        state.announced_pause.clone_from(&now);
+        now
     }
 
     /// Records that the routing table left the current step for `to` at `now_ms` (`at` in

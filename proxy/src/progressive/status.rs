@@ -102,13 +102,13 @@ impl Stepper {
                     policy.steps[0]
                 ),
             )
+        } else if let Some(why) = &state.manual {
+            ("paused", why.clone())
         } else if index.is_none() {
             (
                 "off_plan",
                 format!("canary-weight {weight} is not one of the steps; holding"),
             )
-        } else if let Some(why) = &state.manual {
-            ("paused", why.clone())
         } else if policy.paused {
             ("paused", "progressive.paused is true".into())
         } else if index == Some(policy.steps.len() - 1) && !policy.promote {
