@@ -118,7 +118,7 @@ async fn a_restart_resumes_at_the_configmap_step_and_a_weight_edit_pauses_the_pl
         &[
             ("canary-weight", "10"),
             ("rollback.max-error-rate", "20"),
-            ("progressive.steps", "10,50,100"),
+            ("progressive.steps", "10,50,80,100"),
             ("progressive.step-min-duration", "500ms"),
             ("progressive.step-min-requests", "20"),
         ],
@@ -135,8 +135,8 @@ async fn a_restart_resumes_at_the_configmap_step_and_a_weight_edit_pauses_the_pl
     load.stop().await;
     proxy.signal("KILL");
     proxy.wait_exit(Duration::from_secs(10)).await;
-    // A restart reads the step from the ConfigMap (at 100 if the plan outran the patch).
-    let weight = data(&api, "canary-weight");
+    // A restart reads the step from the ConfigMap.
+    assert_eq!(data(&api, "canary-weight"), "50");
     let proxy = start(&api).await;
     let status = proxy
         .wait_status(Duration::from_secs(10), |s| {
@@ -144,11 +144,7 @@ async fn a_restart_resumes_at_the_configmap_step_and_a_weight_edit_pauses_the_pl
         })
         .await
         .unwrap_or_else(|s| panic!("{s:#}"));
-    assert_eq!(
-        status["progressive"]["current_step"].to_string(),
-        weight,
-        "{status:#}"
-    );
+    assert_eq!(status["progressive"]["current_step"], 50, "{status:#}");
     // An edit of the weight, as a person would make it.
     let patched = api
         .run_kubectl(&[
@@ -157,7 +153,7 @@ async fn a_restart_resumes_at_the_configmap_step_and_a_weight_edit_pauses_the_pl
             NAME,
             "--type=merge",
             "-p",
-            r#"{"data":{"canary-weight":"30"}}"#,
+            r#"{"data":{"canary-weight":"80"}}"#,
         ])
         .await;
     assert!(patched.is_some(), "kubectl patch failed");
@@ -166,8 +162,8 @@ async fn a_restart_resumes_at_the_configmap_step_and_a_weight_edit_pauses_the_pl
         .await
         .unwrap_or_else(|s| panic!("{s:#}"));
     let message = status["progressive"]["message"].as_str().unwrap();
-    assert!(message.contains("set to 30 by hand"), "{message}");
-    assert_eq!(status["configured_weight"]["weight"], 30);
+    assert!(message.contains("set to 80 by hand"), "{message}");
+    assert_eq!(status["configured_weight"]["weight"], 80);
     wait_for("the pause's Event", || {
         api.events()
             .iter()
@@ -175,5 +171,21 @@ async fn a_restart_resumes_at_the_configmap_step_and_a_weight_edit_pauses_the_pl
     })
     .await;
     // Nothing moves while paused: the ConfigMap keeps the person's weight.
-    assert_eq!(data(&api, "canary-weight"), "30");
+    assert_eq!(data(&api, "canary-weight"), "80");
+    // Resumed by writing progressive.paused, from the person's step.
+    api.run_kubectl(&[
+        "patch",
+        "configmap",
+        NAME,
+        "--type=merge",
+        "-p",
+        r#"{"data":{"progressive.paused":"false"}}"#,
+    ])
+    .await;
+    let status = proxy
+        .wait_status(Duration::from_secs(10), |s| plan_state(s) == "stepping")
+        .await
+        .unwrap_or_else(|s| panic!("{s:#}"));
+    assert_eq!(status["progressive"]["current_step"], 80);
+    assert_eq!(status["progressive"]["next_step"], "100");
 }

@@ -234,6 +234,7 @@ fn policy() -> Progressive {
         min_requests: 100,
         promote: true,
         paused: false,
+        paused_written: false,
     }
 }
 

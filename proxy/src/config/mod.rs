@@ -113,6 +113,9 @@ pub struct Progressive {
     pub promote: bool,
     /// `progressive.paused`: hold the current step.
     pub paused: bool,
+    /// Whether `progressive.paused` is written at all: writing it, changing it or removing it
+    /// is the edit that resumes a plan paused by a hand edit of the weight.
+    pub paused_written: bool,
 }
 
 /// The latency trigger's parameters (`rollback.max-latency-increase`,

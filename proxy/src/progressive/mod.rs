@@ -12,7 +12,7 @@
 //! `canary-weight` reads as the current step: a weight that is one of the steps runs the plan
 //! from there, 0 waits for a release, any other weight holds. With `--config`, the steps move
 //! in memory; an edit of the file's `canary-weight` while the plan runs pauses it (the file's
-//! weight is then used), and setting `progressive.paused` to true and back resumes it.
+//! weight is then used), and an edit of `progressive.paused` that leaves it not true resumes it.
 
 pub mod apply;
 pub mod gate;
@@ -50,8 +50,8 @@ struct State {
     done: Vec<Done>,
     /// The configuration source's own `canary-weight`, to tell its edits from the plan's.
     source_weight: u32,
-    /// The source's `progressive.paused`, to see it change.
-    source_paused: bool,
+    /// The source's `progressive.paused` as written (`None` when absent), to see it change.
+    source_paused: Option<bool>,
     /// Why the plan was paused by an edit of the weight, until the source resumes it.
     manual: Option<String>,
     /// How the plan ended, once it has.
@@ -121,6 +121,14 @@ impl Done {
     }
 }
 
+/// `progressive.paused` as written in `config`: `None` when absent.
+fn paused_key(config: &Config) -> Option<bool> {
+    config
+        .progressive
+        .as_ref()
+        .and_then(|p| p.paused_written.then_some(p.paused))
+}
+
 /// What a look of the plan needs.
 #[derive(Clone, Copy)]
 pub struct StepLook<'a> {
@@ -145,7 +153,7 @@ impl Stepper {
     pub fn new(config: &Config) -> Stepper {
         Stepper::from_state(State {
             source_weight: config.weight,
-            source_paused: config.progressive.as_ref().is_some_and(|p| p.paused),
+            source_paused: paused_key(config),
             ..State::default()
         })
     }
@@ -293,11 +301,12 @@ impl Stepper {
 
     /// Follows a reload of the same canary to `fresh` while the table routed by `effective`;
     /// returns the weight the new table should route by. The source's own weight unchanged,
-    /// the plan's weight stays; an edit of it while the plan runs pauses the plan; a change of
-    /// `progressive.paused` from true to false lifts that pause.
+    /// the plan's weight stays; an edit of it while the plan runs pauses the plan; an edit of
+    /// `progressive.paused` that leaves it not true (written `"false"`, or removed) lifts that
+    /// pause.
     pub fn reload(&self, fresh: &Config, effective: u32) -> u32 {
         let mut state = self.lock();
-        let paused = fresh.progressive.as_ref().is_some_and(|p| p.paused);
+        let paused = paused_key(fresh);
         let running = state.step.is_some() && state.finished.is_none();
         let weight = if fresh.weight == state.source_weight {
             effective
@@ -305,13 +314,13 @@ impl Stepper {
             if running && fresh.weight != effective {
                 state.manual = Some(format!(
                     "canary-weight was set to {} by hand while the plan was at {effective}; \
-                     set progressive.paused to \"true\" and back to resume from there",
+                     edit progressive.paused (to \"false\") to resume from there",
                     fresh.weight
                 ));
             }
             fresh.weight
         };
-        if paused != state.source_paused && !paused {
+        if paused != state.source_paused && paused != Some(true) {
             state.manual = None;
         }
         state.source_weight = fresh.weight;
@@ -436,11 +445,20 @@ mod tests {
             Decision::Hold
         );
         // Paused in the file, then resumed: the hand pause is lifted.
-        let mut paused = config(50);
-        paused.progressive.as_mut().unwrap().paused = true;
-        assert_eq!(stepper.reload(&paused, 50), 50);
+        let written = |paused| {
+            let mut c = config(50);
+            let p = c.progressive.as_mut().unwrap();
+            (p.paused, p.paused_written) = (paused, true);
+            c
+        };
+        assert_eq!(stepper.reload(&written(true), 50), 50);
         assert!(stepper.lock().manual.is_some());
         assert_eq!(stepper.reload(&config(50), 50), 50);
+        assert!(stepper.lock().manual.is_none());
+        // Written "false" where it was absent resumes too.
+        stepper.reload(&config(100), 50);
+        assert!(stepper.lock().manual.is_some());
+        stepper.reload(&written(false), 100);
         assert!(stepper.lock().manual.is_none());
     }
 }

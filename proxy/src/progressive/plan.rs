@@ -130,6 +130,7 @@ mod tests {
             min_requests: 100,
             promote,
             paused: false,
+            paused_written: false,
         }
     }
 

@@ -43,6 +43,7 @@ pub(super) fn steps(
         })?,
         promote: keys.parse_or("progressive.promote", true, boolean)?,
         paused: keys.parse_or("progressive.paused", false, boolean)?,
+        paused_written: keys.get("progressive.paused").is_some(),
     }))
 }
 
