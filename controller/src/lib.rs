@@ -11,6 +11,8 @@
 //!   [`clear_stale_rollback`] removes a record that no longer applies.
 //! - [`events`]: [`record_event`], Kubernetes Events for rollbacks, rejected configs and the
 //!   step plan.
+//! - [`plugin`]: what `kubectl canary` does: `/status` through the service proxy, and each
+//!   command a ConfigMap patch under a resourceVersion precondition.
 //! - [`progressive`]: [`write_step`], a step of the plan written into the ConfigMap under a
 //!   resourceVersion precondition, so `kubectl get` shows the step and a restart resumes there.
 //! - [`fleet`]: with `--fleet`, the members (the peers' admin addresses) from the
@@ -27,11 +29,12 @@ pub mod events;
 pub mod fleet;
 pub mod judge;
 pub mod persisted;
+pub mod plugin;
 pub mod progressive;
 pub mod watch;
 pub mod write_back;
 
-pub use client::connect;
+pub use client::{connect, connect_for_command};
 pub use cm_ref::{ConfigMapRef, ParseConfigMapRefError};
 pub use error::Error;
 pub use events::{EventKind, record_event};
