@@ -148,6 +148,11 @@ struct DemoArgs {
     /// The same story in about 15 s, for CI.
     #[arg(long, alias = "short")]
     quick: bool,
+    /// Three releases through progressive.steps 5,25,50,100 instead, each decided by the proxy:
+    /// a healthy one promoted, one 30 % slower from the 25 % step rolled back by the latency
+    /// trigger, one failing 3 % under a 5 % threshold promoted.
+    #[arg(long)]
+    progressive: bool,
 }
 
 #[derive(Args, Debug)]
@@ -375,6 +380,14 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         report: args.report,
         quick: args.quick,
     };
+    if args.progressive {
+        let result = demo::progressive::run(&options).await?;
+        std::fs::write(&options.report, demo::progressive::render(&result))
+            .with_context(|| format!("cannot write the report {}", options.report.display()))?;
+        println!("report     {}", options.report.display());
+        anyhow::ensure!(result.passed(), "the demo's checks failed");
+        return Ok(());
+    }
     let result = demo::run(&options).await?;
     demo::timeline::print_summary(&result);
     std::fs::write(&options.report, demo::html::render(&result))
