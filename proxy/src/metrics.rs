@@ -7,6 +7,7 @@ use prometheus::{
 };
 
 use crate::config::Color;
+use crate::progressive::metrics::ProgressiveMetrics;
 use crate::rollback::sequential::Counts;
 use crate::rollback::tally::Tally;
 
@@ -116,6 +117,8 @@ pub struct Metrics {
     pub fleet_isolated: IntGauge,
     /// `canary_proxy_fleet_judge`: 1 on the replica that holds the judge's Lease.
     pub fleet_judge: IntGauge,
+    /// `canary_proxy_progressive_*`: the step plan.
+    pub progressive: ProgressiveMetrics,
 }
 
 impl Metrics {
@@ -243,7 +246,9 @@ impl Metrics {
                 }),
             }
         });
+        let progressive = ProgressiveMetrics::new(&registry)?;
         Ok(Metrics {
+            progressive,
             registry,
             colors,
             reloads_ok: reloads.with_label_values(&["ok"]),

@@ -83,6 +83,12 @@ async fn a_healthy_canary_climbs_every_step_and_is_promoted_by_itself() {
         assert!(step["canary"]["requests"].as_u64().unwrap() >= 20, "{step}");
         assert!(step["seconds"].as_f64().unwrap() >= 0.3, "{step}");
     }
+    // The gauges follow on the next tick.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while proxy.metric("canary_proxy_progressive_steps_done").await != Some(3.0) {
+        assert!(std::time::Instant::now() < deadline, "steps_done never 3");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         proxy.logs().iter().any(|l| l.contains("canary promoted")),
         "{:?}",

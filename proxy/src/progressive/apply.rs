@@ -35,6 +35,7 @@ impl Runtime {
             share: table.canary_share(),
             now_ms,
         });
+        self.publish_plan(table, &gate, now_ms);
         let at = || rfc3339::format(SystemTime::now());
         match decision {
             Decision::Hold => {
@@ -80,6 +81,31 @@ impl Runtime {
                 }
             }
         }
+    }
+}
+
+impl Runtime {
+    /// Sets the `canary_proxy_progressive_*` gauges from `table`'s plan.
+    fn publish_plan(&self, table: &RouteTable, gate: &GatePlan, now_ms: u64) {
+        let m = &self.metrics.progressive;
+        let Some(status) = table.progress.status(table, now_ms, false) else {
+            return;
+        };
+        let total = f64::from(table.config.weight_total);
+        m.step_percent.set(
+            status
+                .current_step
+                .map_or(0.0, |w| 100.0 * f64::from(w) / total),
+        );
+        m.step_seconds.set(status.seconds_at_step.unwrap_or(0.0));
+        m.steps_done.set(status.steps_done.len() as i64);
+        m.paused.set(i64::from(status.state == "paused"));
+        let evidence = status.gate.as_ref();
+        m.failures
+            .set(evidence.map_or(0.0, |g| g.failure_statistic));
+        m.latency
+            .set(evidence.and_then(|g| g.latency_statistic).unwrap_or(0.0));
+        m.boundary.set(gate.boundary);
     }
 }
 

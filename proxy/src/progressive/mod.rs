@@ -7,7 +7,7 @@
 //!   but under the threshold.
 //! - [`Stepper`]: one canary's plan as it runs, fed from the tally on the runtime's timer and
 //!   carried across reloads; [`apply`] moves the routing table's weight.
-//! - [`status`]: the plan on `/status`.
+//! - [`status`]: the plan on `/status`; [`metrics`]: on `/metrics`.
 //!
 //! `canary-weight` reads as the current step: a weight that is one of the steps runs the plan
 //! from there, 0 waits for a release, any other weight holds. With `--config`, the steps move
@@ -16,6 +16,7 @@
 
 pub mod apply;
 pub mod gate;
+pub mod metrics;
 pub mod plan;
 pub mod status;
 
