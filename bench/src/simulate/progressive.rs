@@ -78,10 +78,21 @@ pub struct Release {
     pub spread: f64,
     /// The step index from which the canary is bad (0: from the start).
     pub bad_from: usize,
+    /// Whether the latency trigger (and the gate's latency part) is on.
+    pub latency_trigger: bool,
 }
 
 /// The cases of the table.
-pub const RELEASES: [Release; 7] = [
+pub const RELEASES: [Release; 8] = [
+    Release {
+        case: "healthy, without the latency trigger",
+        canary_failing: 0.0,
+        stable_failing: 0.0,
+        slower: 1.0,
+        spread: 0.05,
+        bad_from: 0,
+        latency_trigger: false,
+    },
     Release {
         case: "healthy",
         canary_failing: 0.0,
@@ -89,6 +100,7 @@ pub const RELEASES: [Release; 7] = [
         slower: 1.0,
         spread: 0.05,
         bad_from: 0,
+        latency_trigger: true,
     },
     Release {
         case: "3% failing, stable 0% (under the 5% threshold)",
@@ -97,6 +109,7 @@ pub const RELEASES: [Release; 7] = [
         slower: 1.0,
         spread: 0.05,
         bad_from: 0,
+        latency_trigger: true,
     },
     Release {
         case: "5% failing (at the threshold)",
@@ -105,6 +118,7 @@ pub const RELEASES: [Release; 7] = [
         slower: 1.0,
         spread: 0.05,
         bad_from: 0,
+        latency_trigger: true,
     },
     Release {
         case: "15% failing (3 x threshold)",
@@ -113,6 +127,7 @@ pub const RELEASES: [Release; 7] = [
         slower: 1.0,
         spread: 0.05,
         bad_from: 0,
+        latency_trigger: true,
     },
     Release {
         case: "10% slower (within the 20% margin), wide latency",
@@ -121,6 +136,7 @@ pub const RELEASES: [Release; 7] = [
         slower: 1.1,
         spread: 0.4,
         bad_from: 0,
+        latency_trigger: true,
     },
     Release {
         case: "30% slower from the 25% step, tight latency",
@@ -129,6 +145,7 @@ pub const RELEASES: [Release; 7] = [
         slower: 1.3,
         spread: 0.05,
         bad_from: 1,
+        latency_trigger: true,
     },
     Release {
         case: "30% slower from the 25% step, wide latency",
@@ -137,6 +154,7 @@ pub const RELEASES: [Release; 7] = [
         slower: 1.3,
         spread: 0.4,
         bad_from: 1,
+        latency_trigger: true,
     },
 ];
 
@@ -254,7 +272,11 @@ pub fn run(release: &Release, rate: f64, seed: u64, limit_s: f64) -> End {
     let (p0, confidence) = (0.05, 0.99);
     let plan = Plan::new(p0, confidence, 20);
     let latency_plan = LatencyPlan::new(0.2, 0.99, confidence);
-    let gate_plan = GatePlan::new(p0, confidence, Some(latency_plan));
+    let gate_plan = GatePlan::new(
+        p0,
+        confidence,
+        release.latency_trigger.then_some(latency_plan),
+    );
     let (mut test, mut slow) = (Test::default(), SlowTest::default());
     let mut stable_so_far = [0u64; BINS];
     let mut step = Step {
@@ -302,7 +324,7 @@ pub fn run(release: &Release, rate: f64, seed: u64, limit_s: f64) -> End {
             return End::RolledBack(since_bad(), bad_served, false);
         }
         slow.observe(&latency_plan, &bins[1], &bins[0], &stable_so_far, w);
-        if slow.decide(&latency_plan).is_some() {
+        if release.latency_trigger && slow.decide(&latency_plan).is_some() {
             return End::RolledBack(since_bad(), bad_served, true);
         }
         let step_so_far = bins_since(&stable_so_far, &step_stable);
@@ -466,17 +488,17 @@ mod tests {
 
     #[test]
     fn a_healthy_release_is_promoted_and_a_bad_one_rolled_back() {
-        let healthy = run(&RELEASES[0], 1_000.0, 1, 3_600.0);
+        let healthy = run(&RELEASES[1], 1_000.0, 1, 3_600.0);
         assert!(
             matches!(healthy, End::Promoted(s) if (240.0..600.0).contains(&s)),
             "{healthy:?}"
         );
-        let failing = run(&RELEASES[3], 1_000.0, 1, 3_600.0);
+        let failing = run(&RELEASES[4], 1_000.0, 1, 3_600.0);
         assert!(
             matches!(failing, End::RolledBack(_, _, false)),
             "{failing:?}"
         );
-        let slower = run(&RELEASES[5], 1_000.0, 1, 3_600.0);
+        let slower = run(&RELEASES[6], 1_000.0, 1, 3_600.0);
         assert!(matches!(slower, End::RolledBack(_, _, true)), "{slower:?}");
     }
 }
