@@ -120,15 +120,10 @@ impl Runtime {
             Some(table) if judging(&table) => {
                 let verdict = table.judge.tick(self.look(&table));
                 self.act(&table, verdict);
-                // In a fleet both are the fleet judge's; a replica alone would multiply false
+                // In a fleet it is the fleet judge's; a replica alone would multiply false
                 // alarms by the replicas.
                 if self.fleet().is_none() {
                     self.judge_latency(&table);
-                    if let Some(table) = self.routes().clone()
-                        && judging(&table)
-                    {
-                        self.step_plan(&table);
-                    }
                 }
             }
             _ => {
@@ -136,6 +131,15 @@ impl Runtime {
                     self.metrics.color(color).shared_fault.set(0);
                 }
             }
+        }
+        // The plan runs after the verdict, on the table it left, unless that rolled back; with
+        // `rollback.enabled: "false"` it still moves on the gate's evidence. In a fleet no
+        // replica moves the weight on its own share.
+        if self.fleet().is_none()
+            && let Some(table) = self.routes().clone()
+            && table.rolled_back.is_none()
+        {
+            self.step_plan(&table);
         }
     }
 
