@@ -213,3 +213,32 @@ async fn a_canary_as_fast_as_stable_is_not_rolled_back_for_latency() {
     let status = judged.unwrap_or_else(|s| panic!("{s:#}"));
     assert_eq!(status["rollback"]["rolled_back"], false, "{status:#}");
 }
+
+#[tokio::test]
+async fn with_rollback_off_the_steps_still_move_on_the_gate_s_evidence() {
+    let (_blue, _green, upstreams) = colors().await;
+    let proxy = ProxyProcess::start(
+        bin(),
+        &config(
+            &upstreams,
+            &[
+                ("canary-weight", "10"),
+                ("rollback.enabled", "false"),
+                ("rollback.max-error-rate", "20"),
+                ("progressive.steps", "10,100"),
+                ("progressive.step-min-duration", "300ms"),
+                ("progressive.step-min-requests", "20"),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    let load = Load::start((0..4).map(|_| proxy.client()).collect(), Duration::ZERO);
+    let promoted = proxy
+        .wait_status(Duration::from_secs(45), |s| plan_state(s) == "promoted")
+        .await;
+    load.stop().await;
+    let status = promoted.unwrap_or_else(|s| panic!("not promoted: {s:#}"));
+    assert_eq!(status["stable"], "green");
+    assert_eq!(status["rollback"]["verdict"], "disabled");
+}
