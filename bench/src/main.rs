@@ -12,6 +12,7 @@ use canary_bench::demo::{self, DemoOptions};
 use canary_bench::load::{self, LoadConfig, Stop, Target, Workers};
 use canary_bench::proxy;
 use canary_bench::simulate::fleet::FleetOptions;
+use canary_bench::simulate::progressive::{self, ProgressiveOptions};
 use canary_bench::simulate::{self, RuleName, SimulateOptions};
 use canary_bench::soak::{self, SoakOptions};
 use canary_bench::spread;
@@ -93,6 +94,11 @@ struct SimulateArgs {
     /// judge against every replica judging alone (100 seeds of 24 h; 4 of 1 h with --quick).
     #[arg(long)]
     fleet: bool,
+    /// The progressive-delivery table instead: releases through steps 5,25,50,100 (healthy,
+    /// failing, slower) at 10 and 1,000 requests a second; promotions, rollbacks and their
+    /// times (100 seeds; 10 with --quick).
+    #[arg(long, conflicts_with = "fleet")]
+    progressive: bool,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +183,11 @@ struct DemoArgs {
     /// The same story in about 15 s, for CI.
     #[arg(long, alias = "short")]
     quick: bool,
+    /// Three releases through progressive.steps 5,25,50,100 instead, each decided by the proxy:
+    /// a healthy one promoted, one 30 % slower from the 25 % step rolled back by the latency
+    /// trigger, one failing 3 % under a 5 % threshold promoted.
+    #[arg(long)]
+    progressive: bool,
 }
 
 #[derive(Args, Debug)]
@@ -275,6 +286,9 @@ fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
     if args.fleet {
         return run_simulate_fleet(&args);
     }
+    if args.progressive {
+        return run_simulate_progressive(&args);
+    }
     let mut options = if args.quick {
         SimulateOptions::quick()
     } else {
@@ -308,6 +322,31 @@ fn print_report<R: serde::Serialize>(
         eprintln!("simulated in {:.0?}", started.elapsed());
     }
     Ok(())
+}
+
+fn run_simulate_progressive(args: &SimulateArgs) -> anyhow::Result<()> {
+    let mut options = if args.quick {
+        ProgressiveOptions::quick()
+    } else {
+        ProgressiveOptions::full()
+    };
+    if let Some(seeds) = args.seeds {
+        options.seeds = seeds;
+    }
+    if let Some(rates) = &args.rates {
+        options.rates = rates.clone();
+    }
+    let started = std::time::Instant::now();
+    let report = (
+        progressive::simulate_progressive(&options),
+        progressive::simulate_alarms(&options),
+    );
+    print_report(
+        args.json,
+        &report,
+        || progressive::markdown(&report.0, &options) + &progressive::alarms_markdown(&report.1),
+        started,
+    )
 }
 
 fn run_simulate_fleet(args: &SimulateArgs) -> anyhow::Result<()> {
@@ -401,6 +440,14 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         report: args.report,
         quick: args.quick,
     };
+    if args.progressive {
+        let result = demo::progressive::run(&options).await?;
+        std::fs::write(&options.report, demo::progressive::render(&result))
+            .with_context(|| format!("cannot write the report {}", options.report.display()))?;
+        println!("report     {}", options.report.display());
+        anyhow::ensure!(result.passed(), "the demo's checks failed");
+        return Ok(());
+    }
     let result = demo::run(&options).await?;
     demo::timeline::print_summary(&result);
     std::fs::write(&options.report, demo::html::render(&result))

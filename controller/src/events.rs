@@ -24,7 +24,7 @@ const MAX_MESSAGE_BYTES: usize = 1024;
 /// courtesy, never worth a task left hanging on an unresponsive API server.
 const EVENT_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Why an Event is recorded; both are `Warning`s, as something needs a person's attention.
+/// Why an Event is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     /// The data path rolled the canary back (reason `CanaryRolledBack`).
@@ -32,6 +32,12 @@ pub enum EventKind {
     /// A new ConfigMap content was invalid and the last good config is kept (reason
     /// `ConfigRejected`).
     ConfigRejected,
+    /// The step plan moved the canary to its next step (reason `CanaryStepPromoted`).
+    StepPromoted,
+    /// The step plan made the canary stable (reason `CanaryPromoted`).
+    Promoted,
+    /// The step plan was paused (reason `CanaryPaused`).
+    Paused,
 }
 
 impl EventKind {
@@ -40,11 +46,23 @@ impl EventKind {
         match self {
             EventKind::RolledBack => "CanaryRolledBack",
             EventKind::ConfigRejected => "ConfigRejected",
+            EventKind::StepPromoted => "CanaryStepPromoted",
+            EventKind::Promoted => "CanaryPromoted",
+            EventKind::Paused => "CanaryPaused",
+        }
+    }
+
+    /// The Event's `type`: `Warning` when a person should look (a rollback, a rejected
+    /// config, a paused plan), `Normal` for the plan's progress.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            EventKind::StepPromoted | EventKind::Promoted => "Normal",
+            EventKind::RolledBack | EventKind::ConfigRejected | EventKind::Paused => "Warning",
         }
     }
 }
 
-/// Records a `Warning` Event about the ConfigMap (core/v1, as `kubectl describe` lists them);
+/// Records an Event about the ConfigMap (core/v1, as `kubectl describe` lists them);
 /// an Event with the same reason and message already there gets its `count` raised instead.
 ///
 /// An Event is a courtesy to the operator: failing to write one is logged and otherwise
@@ -107,7 +125,7 @@ async fn build_event(client: &Client, cm: &ConfigMapRef, kind: EventKind, messag
         involved_object: involved_object(client, cm).await,
         reason: Some(kind.reason().to_owned()),
         message: Some(message.to_owned()),
-        type_: Some("Warning".to_owned()),
+        type_: Some(kind.event_type().to_owned()),
         count: Some(1),
         first_timestamp: timestamp.clone(),
         last_timestamp: timestamp,

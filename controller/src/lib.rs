@@ -9,7 +9,12 @@
 //! - [`mod@write_back`]: [`write_back()`], a rollback persisted in the ConfigMap under a
 //!   resourceVersion precondition, so every replica converges and restarts agree;
 //!   [`clear_stale_rollback`] removes a record that no longer applies.
-//! - [`events`]: [`record_event`], Kubernetes Events for rollbacks and rejected configs.
+//! - [`events`]: [`record_event`], Kubernetes Events for rollbacks, rejected configs and the
+//!   step plan.
+//! - [`plugin`]: what `kubectl canary` does: `/status` through the service proxy, and each
+//!   command a ConfigMap patch under a resourceVersion precondition.
+//! - [`progressive`]: [`write_step`], a step of the plan written into the ConfigMap under a
+//!   resourceVersion precondition, so `kubectl get` shows the step and a restart resumes there.
 //! - [`fleet`]: with `--fleet`, the members (the peers' admin addresses) from the
 //!   EndpointSlices of a headless Service.
 //! - [`judge`]: with `--fleet`, the one judge, elected with a `coordination.k8s.io` Lease.
@@ -27,16 +32,19 @@ pub mod events;
 pub mod fleet;
 pub mod judge;
 pub mod persisted;
+pub mod plugin;
+pub mod progressive;
 pub mod watch;
 pub mod write_back;
 
-pub use client::connect;
+pub use client::{connect, connect_for_command};
 pub use cm_ref::{ConfigMapRef, ParseConfigMapRefError};
 pub use error::Error;
 pub use events::{EventKind, record_event};
 /// The Kubernetes client that [`connect`] makes, for callers that do not depend on kube.
 pub use kube::Client;
 pub use persisted::{Canary, PersistedRollback, RollbackState};
+pub use progressive::{StepOutcome, StepWrite, write_step};
 pub use watch::{SourceEvent, watch};
 pub use write_back::{
     Current, RollbackRecord, WRITE_BACK_DEADLINE, WriteBackOutcome, clear_stale_rollback,

@@ -147,7 +147,7 @@ pub async fn clear_stale_rollback(
 }
 
 /// How a patch under a precondition ended.
-enum Patched {
+pub(crate) enum Patched {
     /// Applied; the resourceVersion it produced.
     Done(String),
     /// 409: the object changed since the precondition's version.
@@ -157,7 +157,7 @@ enum Patched {
 }
 
 /// Sends `body` as a merge patch, retrying transient failures until `deadline`.
-async fn patch_within_deadline(
+pub(crate) async fn patch_within_deadline(
     api: &Api<ConfigMap>,
     cm: &ConfigMapRef,
     body: Value,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::config::Color;
 use crate::metrics::ErrorKind;
+use crate::progressive::apply::latency_plan;
 use crate::rollback::judge::Look;
 use crate::rollback::sequential::Verdict;
 use crate::rollback::tally::Evidence;
@@ -152,12 +153,26 @@ impl Runtime {
             Some(table) if judging(&table) => {
                 let verdict = table.judge.tick(self.look(&table));
                 self.act(&table, verdict);
+                // In a fleet it is the fleet judge's; a replica alone would multiply false
+                // alarms by the replicas.
+                if self.fleet().is_none() {
+                    self.judge_latency(&table);
+                }
             }
             _ => {
                 for color in Color::ALL {
                     self.metrics.color(color).shared_fault.set(0);
                 }
             }
+        }
+        // The plan runs after the verdict, on the table it left, unless that rolled back; with
+        // `rollback.enabled: "false"` it still moves on the gate's evidence. In a fleet no
+        // replica moves the weight on its own share.
+        if self.fleet().is_none()
+            && let Some(table) = self.routes().clone()
+            && table.rolled_back.is_none()
+        {
+            self.step_plan(&table);
         }
     }
 
@@ -168,6 +183,16 @@ impl Runtime {
             canary: table.config.canary(),
             share: table.canary_share(),
             streak_only: self.fleet().is_some(),
+        }
+    }
+
+    /// One look of the latency trigger, when it is on; rolls back on its verdict.
+    fn judge_latency(&self, table: &Arc<RouteTable>) {
+        let Some(plan) = latency_plan(table) else {
+            return;
+        };
+        if let Some(evidence) = table.judge.tick_latency(self.look(table), &plan) {
+            self.roll_back(table, evidence.to_string());
         }
     }
 

@@ -15,6 +15,7 @@
 //!   returning its connection to the pool.
 //! - [`accounting`]: counts each outcome per color and asks for a rollback decision.
 //! - [`rollback`]: the sliding windows and the pure rule that decides.
+//! - [`progressive`]: the step plan that moves the canary's weight on evidence.
 //!
 //! Around them:
 //!
@@ -36,6 +37,7 @@ pub mod fleet;
 pub mod headers;
 pub mod listener;
 pub mod metrics;
+pub mod progressive;
 pub mod proxy;
 pub mod rfc3339;
 pub mod rollback;

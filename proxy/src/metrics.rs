@@ -18,6 +18,7 @@ pub use endpoints::EndpointMetrics;
 use self::responses::{CODE_ERROR, ResponseMetrics, Responses};
 
 use crate::config::Color;
+use crate::progressive::metrics::ProgressiveMetrics;
 use crate::rollback::sequential::Counts;
 use crate::rollback::tally::Tally;
 
@@ -129,6 +130,8 @@ pub struct Metrics {
     pub fleet_judge: IntGauge,
     /// The per-endpoint series, brought up to the endpoints when scraped.
     pub endpoints: EndpointMetrics,
+    /// `canary_proxy_progressive_*`: the step plan.
+    pub progressive: ProgressiveMetrics,
 }
 
 impl Metrics {
@@ -229,8 +232,10 @@ impl Metrics {
         });
         let endpoints = EndpointMetrics::register(&registry)?;
         registry.register(Box::new(responses))?;
+        let progressive = ProgressiveMetrics::new(&registry)?;
         Ok(Metrics {
             endpoints,
+            progressive,
             registry,
             colors,
             reloads_ok: reloads.with_label_values(&["ok"]),

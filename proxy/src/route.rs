@@ -10,6 +10,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::{Color, Config, HeaderRule, Sticky};
+use crate::progressive::Stepper;
 use crate::rollback::judge::Judge;
 use crate::rollback::sequential::{Counts, Plan};
 use crate::rollback::tally::Evidence;
@@ -30,6 +31,8 @@ pub struct RouteTable {
     pub judge: Arc<Judge>,
     /// Set once the canary has been rolled back: every request then goes to stable.
     pub rolled_back: Option<Arc<RolledBack>>,
+    /// The canary's step plan (`progressive.*`); carried over like the judge.
+    pub progress: Arc<Stepper>,
 }
 
 /// Where a request goes, and whether it is evidence about that color.
@@ -69,6 +72,7 @@ impl RouteTable {
                 policy.min_requests,
             ),
             judge: Arc::new(Judge::starting_at([Counts::default(); 2])),
+            progress: Arc::new(Stepper::new(&config)),
             config: Arc::new(config),
             revision: revision.into(),
             rolled_back: None,

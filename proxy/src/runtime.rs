@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::config::{Color, Config, ConfigError};
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
+use crate::progressive::{self, StepEvent};
 use crate::rfc3339;
 use crate::rollback::history::History;
 use crate::rollback::judge::Judge;
@@ -62,6 +63,8 @@ pub struct Runtime {
     last_error: ArcSwapOption<ConfigFault>,
     /// Tells subscribers (the Kubernetes write-back) about rollbacks.
     rollbacks: broadcast::Sender<RollbackEvent>,
+    /// Tells subscribers (the Kubernetes write-back) about the step plan's moves.
+    steps: broadcast::Sender<StepEvent>,
     /// Where the configuration comes from, for `/status` and logs.
     pub source: String,
     /// How the source is doing, in a sentence, for `/readyz` and `/status`.
@@ -84,6 +87,7 @@ impl Runtime {
             draining: AtomicBool::new(false),
             last_error: ArcSwapOption::empty(),
             rollbacks: broadcast::channel(16).0,
+            steps: broadcast::channel(16).0,
             source,
             source_state: ArcSwap::from_pointee("reading the configuration".to_owned()),
             process: format!("{:016x}", rand::random::<u64>()),
@@ -160,6 +164,16 @@ impl Runtime {
     /// Subscribes to rollbacks.
     pub fn subscribe_rollbacks(&self) -> broadcast::Receiver<RollbackEvent> {
         self.rollbacks.subscribe()
+    }
+
+    /// Subscribes to the step plan's moves.
+    pub fn subscribe_steps(&self) -> broadcast::Receiver<StepEvent> {
+        self.steps.subscribe()
+    }
+
+    /// Tells subscribers about a move of the step plan (nobody listening is fine).
+    pub fn announce_step(&self, event: StepEvent) {
+        let _ = self.steps.send(event);
     }
 
     /// Validates `data` and, if it is good, swaps it in; otherwise keeps the current table.
@@ -308,6 +322,19 @@ impl Runtime {
         });
     }
 
+    /// Swaps `next` in if `current` is still the table (a step of the plan); false when a
+    /// reload or a rollback came first.
+    pub fn replace(&self, current: &Arc<RouteTable>, next: Arc<RouteTable>) -> bool {
+        let previous = self
+            .routes
+            .compare_and_swap(Arc::as_ptr(current), Some(next.clone()));
+        let swapped = previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, current));
+        if swapped {
+            self.publish_weights(&next);
+        }
+        swapped
+    }
+
     fn publish_weights(&self, table: &RouteTable) {
         for color in Color::ALL {
             self.metrics
@@ -336,6 +363,7 @@ fn carry_over(fresh: &RouteTable, previous: Option<&RouteTable>, tally: &Tally) 
     match previous {
         Some(p) if same_canary(p, &table) && p.rolled_back.is_none() => {
             table.judge = p.judge.clone();
+            progressive::apply::carry(&mut table, p);
         }
         _ => {
             tally.reset_streak(canary);

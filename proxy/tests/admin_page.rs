@@ -231,3 +231,43 @@ async fn the_admin_page_renders_live_state_and_a_rollback() {
     stop.store(true, Ordering::Relaxed);
     assert!(load.await.unwrap() > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_shows_the_step_plan() {
+    let (blue, green) = (
+        TestUpstream::start("blue").await,
+        TestUpstream::start("green").await,
+    );
+    let (b, g) = (blue.authority(), green.authority());
+    let proxy = ProxyProcess::start(
+        bin(),
+        &[
+            ("blue.upstream", &b),
+            ("green.upstream", &g),
+            ("canary-weight", "10"),
+            ("progressive.steps", "10,50,100"),
+            ("progressive.step-min-duration", "1h"),
+        ],
+    )
+    .await
+    .unwrap();
+    proxy
+        .wait_status(Duration::from_secs(10), |s| {
+            s["progressive"]["seconds_at_step"].is_number()
+        })
+        .await
+        .expect("the plan runs");
+    let dom = browse(&format!("http://{}/", proxy.admin), "--dump-dom", 4000).await;
+    assert_eq!(text(&dom, "plan-steps"), "[10] → 50 → 100 → promote");
+    assert_eq!(text(&dom, "plan-state"), "stepping");
+    assert!(
+        text(&dom, "plan-next").starts_with("next: 50, in "),
+        "{}",
+        text(&dom, "plan-next")
+    );
+    assert!(
+        text(&dom, "plan-evidence").contains("failure evidence 0.0 of 4.6"),
+        "{}",
+        text(&dom, "plan-evidence")
+    );
+}

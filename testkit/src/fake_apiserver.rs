@@ -30,6 +30,7 @@ mod json_patch;
 mod leases;
 mod routes;
 mod serve;
+mod service_proxy;
 mod status;
 mod store;
 mod watch;
@@ -144,11 +145,17 @@ pub(crate) struct Shared {
     watches: AtomicUsize,
     /// Period of BOOKMARK events on watches that allow them.
     bookmark_interval: Duration,
+    /// The service proxy's backends, by `NS/NAME:PORT`.
+    services: Mutex<service_proxy::Backends>,
 }
 
 impl Shared {
     fn store(&self) -> MutexGuard<'_, Store> {
         lock(&self.store)
+    }
+
+    fn service_backend(&self, service: &str) -> Option<SocketAddr> {
+        lock(&self.services).get(service).copied()
     }
 
     fn log(&self, record: RequestRecord) {
@@ -238,6 +245,7 @@ impl FakeApiServer {
             requests: Mutex::new(Vec::new()),
             watches: AtomicUsize::new(0),
             bookmark_interval: Duration::from_secs(1),
+            services: Mutex::default(),
         });
         let dir = tempfile::tempdir().expect("temporary directory for the kubeconfig");
         let tls = https.then(|| tls_acceptor(&dir.path().join("ca.crt")));
@@ -286,6 +294,18 @@ impl FakeApiServer {
             .arg("--cache-dir")
             .arg(self.dir.path().join("kubectl-cache"));
         command
+    }
+
+    /// Sends the service proxy's requests for Service `namespace/service`, port `port` (its
+    /// name or number, as the request names it), to `backend`.
+    pub fn set_service_backend(
+        &self,
+        namespace: &str,
+        service: &str,
+        port: &str,
+        backend: SocketAddr,
+    ) {
+        lock(&self.shared.services).insert(service_proxy::key(namespace, service, port), backend);
     }
 
     /// Creates a ConfigMap with this data; returns its resourceVersion.

@@ -10,9 +10,11 @@
 //! - [`checks`]: the pure pass/fail rules.
 //! - [`timeline`]: the printed timeline and rollback summary.
 //! - [`html`]: the self-contained HTML report.
+//! - [`progressive`]: `--progressive`, three releases decided by the step plan.
 
 pub mod checks;
 pub mod html;
+pub mod progressive;
 mod story;
 pub mod timeline;
 
@@ -25,7 +27,7 @@ use crate::load::LatencySummary;
 use crate::load::Live;
 use checks::Check;
 
-pub use story::run;
+pub use story::{DemoError, run};
 
 /// How the demo is run.
 #[derive(Clone, Debug)]

@@ -52,7 +52,7 @@ pub enum DemoError {
     },
 }
 
-async fn start_upstream(color: Color) -> Result<LocalUpstream, DemoError> {
+pub(crate) async fn start_upstream(color: Color) -> Result<LocalUpstream, DemoError> {
     LocalUpstream::start(color)
         .await
         .map_err(|source| DemoError::Io {

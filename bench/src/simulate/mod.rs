@@ -9,8 +9,11 @@
 //! - [`rules`]: the two rules, fed as the data path feeds them.
 //! - [`fleet`]: the traffic spread over N replicas, the fleet judge against each replica
 //!   judging alone (`--fleet`).
+//! - [`progressive`]: the step plan, its promotion gate and the latency trigger, release by
+//!   release (`--progressive`).
 
 pub mod fleet;
+pub mod progressive;
 pub mod rules;
 pub mod world;
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::Color;
+use crate::progressive::apply::latency_plan;
+use crate::progressive::status::PlanStatus;
 use crate::rfc3339;
 use crate::rollback::history::Summary;
 use crate::rollback::sequential::{self, Counts, Verdict};
@@ -28,6 +30,7 @@ struct Status<'a> {
     rollback: Option<Rollback>,
     last_config_error: Option<ConfigError>,
     fleet: Option<FleetStatus>,
+    progressive: Option<PlanStatus>,
 }
 
 /// With `--fleet`: the fleet as this replica sees it.
@@ -102,6 +105,25 @@ struct Rollback {
     at: Option<String>,
     verdict: &'static str,
     test: Option<TestStatus>,
+    latency: Option<LatencyStatus>,
+}
+
+/// The latency trigger against its boundary.
+#[derive(Serialize)]
+struct LatencyStatus {
+    /// `rollback.max-latency-increase`, in percent, and `rollback.latency-quantile`.
+    max_increase: f64,
+    quantile: f64,
+    /// The larger CUSUM on the attribution of slow requests, and its boundary.
+    statistic: f64,
+    boundary: f64,
+    /// The thresholds in use: a stable request at least `stable_slow_ms` long, or a canary one
+    /// at least `canary_slow_ms`, is slow.
+    stable_slow_ms: Option<f64>,
+    canary_slow_ms: Option<f64>,
+    /// Each color's requests and slow requests (as failures) since the statistic last left 0.
+    run: CountsStatus,
+    run_stable: CountsStatus,
 }
 
 /// The sequential test against its boundaries.
@@ -189,6 +211,7 @@ pub fn render(runtime: &Runtime) -> Vec<u8> {
             at: rfc3339::format(e.at),
         }),
         fleet: fleet(runtime, table),
+        progressive: table.and_then(|t| t.progress.status(t, now, runtime.fleet().is_some())),
     };
     serde_json::to_vec_pretty(&status).expect("status serialises")
 }
@@ -254,6 +277,19 @@ fn rollback(runtime: &Runtime, table: &RouteTable) -> Rollback {
             stable_successes_in_row: streaks.stable,
             stable_successes_needed: plan.stable_run,
             horizon_requests: sequential::HORIZON,
+        }),
+        latency: latency_plan(table).map(|plan| {
+            let test = table.judge.latency_state();
+            LatencyStatus {
+                max_increase: round(100.0 * plan.margin),
+                quantile: plan.quantile,
+                statistic: round(test.relative()),
+                boundary: round(plan.boundary),
+                stable_slow_ms: test.thresholds.map(|t| t.stable_ms()),
+                canary_slow_ms: test.thresholds.map(|t| t.canary_ms()),
+                run: test.run.into(),
+                run_stable: test.run_stable.into(),
+            }
         }),
     }
 }

@@ -93,6 +93,39 @@ pub struct Config {
     pub response_color_header: Option<HeaderName>,
     /// What the proxy accepts from clients.
     pub client: ClientPolicy,
+    /// `progressive.*`: the steps the canary's weight climbs by itself; `None` without
+    /// `progressive.steps`.
+    pub progressive: Option<Progressive>,
+}
+
+/// The step plan (`progressive.*`): `canary-weight` reads as the current step, and the
+/// weight moves to the next step once the step's gate is passed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progressive {
+    /// `progressive.steps`: canary weights, out of `canary-weight-total`, strictly increasing.
+    pub steps: Vec<u32>,
+    /// `progressive.step-min-duration`: the least time at each step.
+    pub min_duration: Duration,
+    /// `progressive.step-min-requests`: the least weighted canary requests at each step.
+    pub min_requests: u64,
+    /// `progressive.promote`: after the last step, make the canary stable (weight 0);
+    /// otherwise stay at the last step.
+    pub promote: bool,
+    /// `progressive.paused`: hold the current step.
+    pub paused: bool,
+    /// Whether `progressive.paused` is written at all: writing it, changing it or removing it
+    /// is the edit that resumes a plan paused by a hand edit of the weight.
+    pub paused_written: bool,
+}
+
+/// The latency trigger's parameters (`rollback.max-latency-increase`,
+/// `rollback.latency-quantile`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LatencyTrigger {
+    /// How much slower than stable the canary may be, a fraction (20 % is 0.2).
+    pub max_increase: f64,
+    /// The quantile whose neighbourhood of the tail is compared (0.99).
+    pub quantile: f64,
 }
 
 /// Limits on client requests and how far their forwarding headers are believed.
@@ -321,6 +354,8 @@ pub struct RollbackPolicy {
     pub failure_statuses: StatusSet,
     /// `rollback.grpc-failure-codes`: `grpc-status` values that count as failures.
     pub grpc_failure_codes: GrpcCodes,
+    /// The latency trigger; `None` without `rollback.max-latency-increase`.
+    pub latency: Option<LatencyTrigger>,
 }
 
 /// A set of gRPC status codes (0-16), as a bitmap.

@@ -34,6 +34,13 @@ pub const KEYS: &[&str] = &[
     "rollback.window",
     "rollback.failure-statuses",
     "rollback.grpc-failure-codes",
+    "rollback.max-latency-increase",
+    "rollback.latency-quantile",
+    "progressive.steps",
+    "progressive.step-min-duration",
+    "progressive.step-min-requests",
+    "progressive.promote",
+    "progressive.paused",
     "retry.canary-connect-failure",
     "timeout.connect",
     "timeout.request",
@@ -193,6 +200,7 @@ pub(super) fn parse(data: &BTreeMap<String, String>) -> Result<Config, ConfigErr
             GrpcCodes(0x1_fffe),
             grpc_codes,
         )?,
+        latency: progressive::latency_trigger(&keys)?,
     };
     let timeouts = Timeouts {
         connect: keys.parse_or("timeout.connect", Duration::from_secs(1), positive_duration)?,
@@ -261,6 +269,7 @@ pub(super) fn parse(data: &BTreeMap<String, String>) -> Result<Config, ConfigErr
                 whole(v).map(|n| (n > 0).then_some(n as usize))
             })?,
         },
+        progressive: progressive::steps(&keys, weight_total)?,
     })
 }
 
@@ -603,5 +612,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+mod progressive;
 #[cfg(test)]
 mod tests;

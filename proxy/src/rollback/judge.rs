@@ -5,16 +5,37 @@
 //! A look takes a `Mutex`, but only with `try_lock` from the request path: a failure that finds
 //! another look under way leaves its outcome to the next look, which reads the same counters.
 //! Successes never look.
+//!
+//! The latency trigger ([`slowdown`](crate::rollback::slowdown)) looks on the timer only,
+//! under a lock of its own: a slow response is no reason to hurry.
 
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use crate::config::Color;
+use crate::rollback::latency::BINS;
 use crate::rollback::sequential::{self, Counts, Plan, Test, Verdict};
-use crate::rollback::tally::Tally;
+use crate::rollback::slowdown::{LatencyPlan, SlowEvidence, SlowTest};
+use crate::rollback::tally::{Tally, bins_since};
 
 /// The state of one canary's test.
 pub struct Judge {
     state: Mutex<State>,
+    /// The latency trigger's state, apart: it is looked at on the timer only.
+    slow: Mutex<Slow>,
+}
+
+/// A weighted latency histogram per color.
+type PerColor = [[u64; BINS]; 2];
+
+/// The latency trigger's state.
+#[derive(Default)]
+struct Slow {
+    /// The test.
+    test: SlowTest,
+    /// Each color's weighted latency histograms at the trigger's first look (stable's
+    /// requests since then set the thresholds) and at the last look (the next batch starts
+    /// there); none before the first look.
+    seen: Option<(PerColor, PerColor)>,
 }
 
 struct State {
@@ -56,6 +77,7 @@ impl Judge {
                 seen,
                 verdict: Verdict::Healthy,
             }),
+            slow: Mutex::default(),
         }
     }
 
@@ -83,6 +105,27 @@ impl Judge {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A look of the latency trigger, from the timer: the evidence for a rollback, if the
+    /// canary is slower than stable beyond the margin and beyond chance.
+    pub fn tick_latency(&self, look: Look<'_>, plan: &LatencyPlan) -> Option<SlowEvidence> {
+        let mut slow = self.slow.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Color::ALL.map(|c| look.tally.weighted_latency(c));
+        let (base, seen) = slow.seen.unwrap_or((now, now));
+        slow.seen = Some((base, now));
+        let (c, s) = (look.canary.index(), look.canary.other().index());
+        let canary = bins_since(&now[c], &seen[c]);
+        let stable = bins_since(&now[s], &seen[s]);
+        let stable_so_far = bins_since(&now[s], &base[s]);
+        slow.test
+            .observe(plan, &canary, &stable, &stable_so_far, look.share);
+        slow.test.decide(plan)
+    }
+
+    /// The latency trigger's state, for `/status`.
+    pub fn latency_state(&self) -> SlowTest {
+        self.slow.lock().unwrap_or_else(|p| p.into_inner()).test
     }
 }
 

@@ -263,7 +263,7 @@ impl Test {
 /// The relative test's log-likelihood ratio for a canary failure and for a stable failure,
 /// for a canary failing `r` times as often as stable at canary share `w`: a failure is the
 /// canary's with probability `w` under the null and `q = r·w / (r·w + 1 − w)` if it is worse.
-fn relative_steps(r: f64, w: f64) -> (f64, f64) {
+pub(crate) fn relative_steps(r: f64, w: f64) -> (f64, f64) {
     let q = r * w / (r * w + 1.0 - w);
     ((q / w).ln(), ((1.0 - q) / (1.0 - w)).ln())
 }

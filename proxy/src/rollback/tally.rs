@@ -34,8 +34,9 @@ struct ColorShard {
     weighted: [AtomicU64; 2],
     /// Forced successes and failures.
     forced: [AtomicU64; 2],
-    /// Latency to the response headers, of every request that got a response.
-    latency: [AtomicU64; latency::BINS],
+    /// Latency to the response headers of the requests that got a response: weighted ones
+    /// first (the latency trigger's evidence), then forced ones.
+    latency: [[AtomicU64; latency::BINS]; 2],
 }
 
 /// One shard, on cache lines of its own.
@@ -65,8 +66,10 @@ pub struct ColorTotals {
     pub weighted: Counts,
     /// Forced outcomes.
     pub forced: Counts,
-    /// The latency histogram.
+    /// The latency histogram, weighted and forced requests together.
     pub latency: [u64; latency::BINS],
+    /// The latency histogram of weighted requests alone.
+    pub weighted_latency: [u64; latency::BINS],
 }
 
 impl Default for ColorTotals {
@@ -75,6 +78,7 @@ impl Default for ColorTotals {
             weighted: Counts::default(),
             forced: Counts::default(),
             latency: [0; latency::BINS],
+            weighted_latency: [0; latency::BINS],
         }
     }
 }
@@ -82,16 +86,25 @@ impl Default for ColorTotals {
 impl ColorTotals {
     /// What was added since `earlier`.
     pub fn since(&self, earlier: &ColorTotals) -> ColorTotals {
-        let mut latency = self.latency;
-        for (bin, old) in latency.iter_mut().zip(&earlier.latency) {
-            *bin = bin.saturating_sub(*old);
-        }
         ColorTotals {
             weighted: self.weighted.since(earlier.weighted),
             forced: self.forced.since(earlier.forced),
-            latency,
+            latency: bins_since(&self.latency, &earlier.latency),
+            weighted_latency: bins_since(&self.weighted_latency, &earlier.weighted_latency),
         }
     }
+}
+
+/// What a histogram gained since `earlier`.
+pub fn bins_since(
+    now: &[u64; latency::BINS],
+    earlier: &[u64; latency::BINS],
+) -> [u64; latency::BINS] {
+    let mut bins = *now;
+    for (bin, old) in bins.iter_mut().zip(earlier) {
+        *bin = bin.saturating_sub(*old);
+    }
+    bins
 }
 
 impl Default for Tally {
@@ -106,7 +119,7 @@ impl Tally {
         let color = || ColorShard {
             weighted: Default::default(),
             forced: Default::default(),
-            latency: [const { AtomicU64::new(0) }; latency::BINS],
+            latency: [const { [const { AtomicU64::new(0) }; latency::BINS] }; 2],
         };
         Tally {
             shards: (0..SHARDS).map(|_| Shard([color(), color()])).collect(),
@@ -124,13 +137,13 @@ impl Tally {
         latency: Option<Duration>,
     ) {
         let shard = &self.shards[shard::index()].0[color.index()];
-        let counters = match evidence {
-            Evidence::Weighted => &shard.weighted,
-            Evidence::Forced => &shard.forced,
+        let (counters, bins) = match evidence {
+            Evidence::Weighted => (&shard.weighted, &shard.latency[0]),
+            Evidence::Forced => (&shard.forced, &shard.latency[1]),
         };
         counters[usize::from(failed)].fetch_add(1, Relaxed);
         if let Some(latency) = latency {
-            shard.latency[latency::bin(latency)].fetch_add(1, Relaxed);
+            bins[latency::bin(latency)].fetch_add(1, Relaxed);
         }
         if evidence == Evidence::Forced {
             return;
@@ -155,6 +168,17 @@ impl Tally {
             failures += c[1].load(Relaxed);
         }
         Counts::new(successes, failures)
+    }
+
+    /// `color`'s latency histogram of weighted requests so far.
+    pub fn weighted_latency(&self, color: Color) -> [u64; latency::BINS] {
+        let mut sum = [0; latency::BINS];
+        for shard in self.shards.iter() {
+            for (s, bin) in sum.iter_mut().zip(&shard.0[color.index()].latency[0]) {
+                *s += bin.load(Relaxed);
+            }
+        }
+        sum
     }
 
     /// The canary's failures in a row and stable's successes in a row.
@@ -185,8 +209,15 @@ impl Tally {
                 w[i] += c.weighted[i].load(Relaxed);
                 f[i] += c.forced[i].load(Relaxed);
             }
-            for (sum, bin) in t.latency.iter_mut().zip(&c.latency) {
-                *sum += bin.load(Relaxed);
+            for (i, (sum, weighted)) in t
+                .latency
+                .iter_mut()
+                .zip(t.weighted_latency.iter_mut())
+                .enumerate()
+            {
+                let w = c.latency[0][i].load(Relaxed);
+                *weighted += w;
+                *sum += w + c.latency[1][i].load(Relaxed);
             }
         }
         t.weighted = Counts::new(w[0], w[1]);
@@ -259,5 +290,15 @@ mod tests {
         let b = t.totals(Color::Blue);
         assert_eq!(b.weighted, Counts::new(20_000, 20_000));
         assert_eq!(b.latency.iter().sum::<u64>(), 40_000);
+        assert_eq!(b.weighted_latency, t.weighted_latency(Color::Blue));
+        t.record(
+            Color::Blue,
+            Evidence::Forced,
+            false,
+            Some(Duration::from_millis(1)),
+        );
+        let b = t.totals(Color::Blue);
+        assert_eq!(b.latency.iter().sum::<u64>(), 40_001);
+        assert_eq!(b.weighted_latency.iter().sum::<u64>(), 40_000);
     }
 }

@@ -15,7 +15,10 @@ use serde_json::{Value, json};
 use super::status::ApiError;
 use super::store::{Key, Selector};
 use super::watch::{WatchFilter, WatchRequest, error_line, watch_body};
-use super::{RequestRecord, Shared, Verb, discovery, endpoint_slices, ingress, json_patch, leases};
+use super::{
+    RequestRecord, Shared, Verb, discovery, endpoint_slices, ingress, json_patch, leases,
+    service_proxy,
+};
 
 /// Every response body: whole JSON documents, or a watch's event stream.
 pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -57,6 +60,23 @@ pub(crate) async fn handle(
         && let Some(document) = discovery::document(&path)
     {
         return Ok(json_response(StatusCode::OK, &document));
+    }
+    if request.method() == Method::GET
+        && let Some(proxied) = service_proxy::parse(
+            request
+                .uri()
+                .path_and_query()
+                .map_or(path.as_str(), |p| p.as_str()),
+        )
+    {
+        return Ok(match service_proxy::forward(&shared, &proxied).await {
+            Ok((status, body)) => Response::builder()
+                .status(status)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)).boxed_unsync())
+                .expect("a valid response"),
+            Err(error) => error_response(&error),
+        });
     }
     let Some(target) = parse_target(&path) else {
         let error = ApiError::new(

@@ -1,14 +1,15 @@
 //! `--configmap NAMESPACE/NAME`: the ConfigMap, followed through the Kubernetes API, feeds the
 //! same validation and hot swap as a file; a rollback decided here is recorded in it so that
 //! every replica and every restart agrees, until a person resumes it or a new canary comes
-//! ([`persist`] decides which rollback applies and what the ConfigMap still needs). (The API
-//! code itself is the `canary-controller` crate's; this is the wiring.) With `--fleet`, the
-//! replicas judge as one ([`fleet`]). A color whose upstream is a Service follows its
-//! endpoints ([`endpoints`]).
+//! ([`persist`] decides which rollback applies and what the ConfigMap still needs); the step
+//! plan's moves are written into it too ([`steps`]). (The API code itself is the
+//! `canary-controller` crate's; this is the wiring.) With `--fleet`, the replicas judge as one
+//! ([`fleet`]). A color whose upstream is a Service follows its endpoints ([`endpoints`]).
 
 pub mod endpoints;
 mod fleet;
 mod persist;
+mod steps;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -66,6 +67,7 @@ async fn follow(
 ) {
     let mut persister = Persister::new(client.clone(), cm.clone());
     let mut rollbacks = runtime.subscribe_rollbacks();
+    let mut moves = runtime.subscribe_steps();
     let events = canary_controller::watch(client.clone(), cm.clone());
     tokio::pin!(events, shutdown);
     loop {
@@ -80,6 +82,11 @@ async fn follow(
                     break;
                 }
             }
+            step = moves.recv() => match step {
+                Ok(step) => steps::record(&client, &cm, step),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
             () = persister.next_wake() => {}
             () = &mut shutdown => break,
         }
