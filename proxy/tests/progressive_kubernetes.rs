@@ -119,7 +119,9 @@ async fn a_restart_resumes_at_the_configmap_step_and_a_weight_edit_pauses_the_pl
             ("canary-weight", "10"),
             ("rollback.max-error-rate", "20"),
             ("progressive.steps", "10,50,80,100"),
-            ("progressive.step-min-duration", "500ms"),
+            // Long enough that the edit below lands while the plan is still at 50 on a loaded
+            // machine.
+            ("progressive.step-min-duration", "3s"),
             ("progressive.step-min-requests", "20"),
         ],
     )
