@@ -21,7 +21,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -47,8 +47,10 @@ const MAX_IDLE: usize = 256;
 const ATTEMPTS: usize = 3;
 /// h2c connections per upstream per thread, at most; past it requests wait for a stream.
 const MAX_H2_CONNECTIONS: usize = 8;
-/// How often a connection of a retired endpoint looks whether its exchange is over.
-const RETIRED_CHECK: Duration = Duration::from_millis(50);
+/// How often a connection's task looks whether it is idle past its time or its endpoint is
+/// retired. A flag read on a tick, rather than a channel in the task's `select!`, because the
+/// task is woken several times per request and a channel would be polled at every wake.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Streams the proxy opens on an h2c connection before the upstream's SETTINGS has said how
 /// many it allows (hyper's own initial limit).
 const INITIAL_STREAMS: usize = 100;
@@ -66,7 +68,7 @@ pub struct Upstream {
     key: u64,
     /// Turned true when the endpoint leaves its color (a pod going away): its connections
     /// close as soon as they are idle.
-    retired: tokio::sync::watch::Sender<bool>,
+    retired: Arc<AtomicBool>,
 }
 
 /// Why a request got no response from the upstream.
@@ -149,13 +151,13 @@ impl Upstream {
             protocol,
             literal,
             key,
-            retired: tokio::sync::watch::Sender::new(false),
+            retired: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Closes its connections as soon as each is idle; it gets no new request.
     pub fn retire(&self) {
-        self.retired.send_replace(true);
+        self.retired.store(true, Relaxed);
     }
 
     /// Sends `req` and waits for the response headers.
@@ -308,12 +310,11 @@ impl Upstream {
         let idle_since = Arc::new(AtomicU64::new(0));
         let idle = idle_since.clone();
         let timeout = timeouts.upstream_idle;
-        let mut retired = self.retired.subscribe();
+        let retired = self.retired.clone();
         tokio::spawn(async move {
             // Upgrades (WebSocket) take the connection over after a 101.
             let conn = conn.with_upgrades();
             tokio::pin!(conn);
-            let mut check = timeout;
             loop {
                 tokio::select! {
                     ended = &mut conn => {
@@ -322,13 +323,12 @@ impl Upstream {
                         }
                         return;
                     }
-                    () = tokio::time::sleep(check) => {}
-                    // Once retired, an exchange under way is let finish: looked at often.
-                    Ok(_) = retired.wait_for(|r| *r), if check == timeout => check = RETIRED_CHECK.min(timeout),
+                    () = tokio::time::sleep(IDLE_CHECK.min(timeout)) => {}
                 }
+                // An exchange under way is let finish, even on a retired endpoint.
                 let since = idle.load(Relaxed);
                 let expired = idle_now().saturating_sub(since) >= timeout.as_millis() as u64;
-                if since != 0 && (expired || check != timeout) {
+                if since != 0 && (expired || retired.load(Relaxed)) {
                     // Dropping the connection closes it; its pool entry reads closed.
                     return;
                 }
@@ -358,25 +358,21 @@ impl Upstream {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError(ErrorKind::Connect, e.to_string()))?;
-        let mut retired = self.retired.subscribe();
+        let retired = self.retired.clone();
         let open = streams.clone();
         tokio::spawn(async move {
             tokio::pin!(conn);
-            tokio::select! {
-                ended = &mut conn => {
-                    if let Err(e) = ended {
-                        debug!(error = %e, "upstream h2 connection ended");
-                    }
-                    return;
-                }
-                Ok(_) = retired.wait_for(|r| *r) => {}
-            }
-            // Retired: closed once its streams are over.
             loop {
                 tokio::select! {
-                    _ = &mut conn => return,
-                    () = tokio::time::sleep(RETIRED_CHECK) => {
-                        if open.open.load(Relaxed) == 0 {
+                    ended = &mut conn => {
+                        if let Err(e) = ended {
+                            debug!(error = %e, "upstream h2 connection ended");
+                        }
+                        return;
+                    }
+                    // Retired: closed once its streams are over.
+                    () = tokio::time::sleep(IDLE_CHECK) => {
+                        if retired.load(Relaxed) && open.open.load(Relaxed) == 0 {
                             return;
                         }
                     }

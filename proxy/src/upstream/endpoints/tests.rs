@@ -28,7 +28,10 @@ fn counts(set: &Endpoints) -> (usize, usize) {
 }
 
 fn retired(endpoint: &Endpoint) -> bool {
-    *endpoint.upstream.retired.borrow()
+    endpoint
+        .upstream
+        .retired
+        .load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn pick_one(set: &Endpoints, tried: u64) -> usize {
