@@ -9,7 +9,7 @@
 //! closed.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -124,6 +124,8 @@ pub struct Endpoints {
     pub protocol: Protocol,
     /// The endpoints: in the configured order for a list, by address for a Service.
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// How many there are, for the request path's questions that need no more than that.
+    count: AtomicUsize,
     /// Weighted failures excused as a pod's own while the pod is not yet ejected: not yet
     /// evidence either way.
     held: AtomicU64,
@@ -144,10 +146,13 @@ impl Endpoints {
         let set = Endpoints {
             protocol,
             endpoints: ArcSwap::from_pointee(Vec::new()),
+            count: AtomicUsize::new(0),
             held: AtomicU64::new(0),
         };
         if let Upstreams::Static(addrs) = upstreams {
-            set.endpoints.store(Arc::new(set.build(addrs, previous)));
+            let built = set.build(addrs, previous);
+            set.count.store(built.len(), Relaxed);
+            set.endpoints.store(Arc::new(built));
         }
         set
     }
@@ -158,6 +163,7 @@ impl Endpoints {
     pub fn update(&self, addrs: &[UpstreamAddr]) {
         let addrs = &addrs[..addrs.len().min(MAX_ENDPOINTS)];
         let fresh = self.build(addrs, Some(self));
+        self.count.store(fresh.len(), Relaxed);
         let old = self.endpoints.swap(Arc::new(fresh));
         for gone in old.iter().filter(|e| !addrs.contains(&e.upstream.addr)) {
             gone.upstream.retire();
@@ -193,7 +199,9 @@ impl Endpoints {
             attempt += 1;
             let (served, n) = {
                 let endpoints = self.endpoints.load();
-                let Some(index) = pick(&endpoints, tried, now()) else {
+                // A lone endpoint is chosen without the clock: there is nothing to compare.
+                let at = if endpoints.len() > 1 { now() } else { 0 };
+                let Some(index) = pick(&endpoints, tried, at) else {
                     return Err(Missed {
                         failure: Failure {
                             fault: Fault::Upstream(ErrorKind::Connect),
@@ -240,7 +248,11 @@ impl Endpoints {
         latency: Option<Duration>,
         weighted: bool,
     ) -> Attribution {
-        if let Some(latency) = latency {
+        // Only the balancer reads the estimate, and it has nothing to weigh for a lone endpoint;
+        // one that gains a peer starts from its next sample (a slow one is taken at once).
+        if let Some(latency) = latency
+            && self.count.load(Relaxed) > 1
+        {
             served.0.load.observe(latency.as_nanos() as u64, now());
         }
         let (excused, ejected) = self.record(served, failed);
