@@ -358,21 +358,7 @@ async fn three_replicas_climb_the_steps_on_the_fleets_evidence_to_promotion() {
     let follower = fleet.replicas[(judge + 1) % 3].as_ref().unwrap();
     let status = follower.status().await;
     assert_eq!(status["progressive"]["state"], "following", "{status:#}");
-    let done = Arc::new(AtomicBool::new(false));
-    let load = fleet.load(50_000, done.clone());
-    let watch = async {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while fleet.data("stable") != "green" {
-            assert!(
-                Instant::now() < deadline,
-                "never promoted; canary-weight {}",
-                fleet.weight()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        done.store(true, Relaxed);
-    };
-    tokio::join!(load, watch);
+    load_until(&fleet, "stable", "green").await;
     assert_eq!(fleet.weight(), "0");
     let events = fleet.api.events();
     let reasons: Vec<_> = events.iter().map(|e| e.reason.as_str()).collect();
@@ -402,4 +388,66 @@ async fn three_replicas_climb_the_steps_on_the_fleets_evidence_to_promotion() {
             .await
             .unwrap_or_else(|s| panic!("{s:#}"));
     }
+}
+
+/// Loads every live replica until the ConfigMap's `key` reads `value`, up to a minute.
+async fn load_until(fleet: &Fleet, key: &str, value: &str) {
+    let done = Arc::new(AtomicBool::new(false));
+    let load = fleet.load(50_000, done.clone());
+    let watch = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while fleet.data(key) != value {
+            assert!(
+                Instant::now() < deadline,
+                "{key} never {value}; canary-weight {}",
+                fleet.weight()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        done.store(true, Relaxed);
+    };
+    tokio::join!(load, watch);
+}
+
+#[tokio::test]
+async fn a_judge_killed_mid_step_is_succeeded_at_the_configmaps_step() {
+    let mut fleet = fleet_of(
+        61,
+        3,
+        &[
+            ("canary-weight", "10"),
+            ("rollback.max-error-rate", "20"),
+            ("progressive.steps", "10,50,100"),
+            // Longer than the load takes to stop once the ConfigMap says 50.
+            ("progressive.step-min-duration", "2s"),
+            ("progressive.step-min-requests", "20"),
+        ],
+    )
+    .await;
+    let judge = fleet.judge(Duration::from_secs(5)).await;
+    load_until(&fleet, "canary-weight", "50").await;
+    fleet.replicas[judge].as_ref().unwrap().signal("KILL");
+    fleet.replicas[judge] = None;
+    let next = fleet.judge(HANDOVER).await;
+    let status = fleet.replicas[next]
+        .as_ref()
+        .unwrap()
+        .wait_status(Duration::from_secs(5), |s| {
+            s["progressive"]["state"] == "stepping"
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{s:#}"));
+    assert_eq!(status["progressive"]["current_step"], 50, "{status:#}");
+    assert_eq!(fleet.weight(), "50");
+    load_until(&fleet, "stable", "green").await;
+    let events = fleet.api.events();
+    let messages: Vec<_> = events.iter().map(|e| e.message.as_str()).collect();
+    for step in ["canary weight 10 -> 50", "canary weight 50 -> 100"] {
+        let n = messages.iter().filter(|m| m.starts_with(step)).count();
+        assert_eq!(n, 1, "{step}: {messages:#?}");
+    }
+    assert!(
+        events.iter().any(|e| e.reason == "CanaryPromoted"),
+        "{messages:#?}"
+    );
 }
