@@ -134,6 +134,7 @@ pub async fn keep_judging(
                 runtime.set_shared_fault(table.config.canary(), false);
                 table.progress.follow();
             }
+            runtime.metrics.progressive.clear();
         } else {
             let judge = judge.get_or_insert_with(FleetJudge::new);
             gather_once(&runtime, judge, &peers).await;
