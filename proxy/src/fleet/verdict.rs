@@ -116,9 +116,7 @@ impl FleetJudge {
             reporting,
         }
     }
-}
 
-impl FleetJudge {
     /// The fleet's weighted counts since the first gather about the current canary, as the
     /// step plan reads them; no latency, which `/evidence` does not carry.
     pub fn evidence(&self) -> Cumulative {

@@ -13,6 +13,8 @@
 //! from there, 0 waits for a release, any other weight holds. With `--config`, the steps move
 //! in memory; an edit of the file's `canary-weight` while the plan runs pauses it (the file's
 //! weight is then used), and an edit of `progressive.paused` that leaves it not true resumes it.
+//! With `--fleet`, the judge runs the plan on the fleet's summed counts ([`Seat`]) and the
+//! others follow the ConfigMap's weight.
 
 pub mod apply;
 pub mod gate;
@@ -404,14 +406,14 @@ mod tests {
     }
 
     fn look<'a>(
-        tally: &'a Cumulative,
+        evidence: &'a Cumulative,
         policy: &'a Progressive,
         gate: &'a GatePlan,
         weight: u32,
         now_ms: u64,
     ) -> StepLook<'a> {
         StepLook {
-            evidence: tally,
+            evidence,
             policy,
             gate,
             canary: Color::Green,
