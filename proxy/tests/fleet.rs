@@ -158,6 +158,15 @@ impl Fleet {
         self.data("canary-weight")
     }
 
+    /// Waits up to 10 s for an Event of `reason`: it is recorded after the write it reports.
+    async fn wait_for_event(&self, reason: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.api.events().iter().any(|e| e.reason == reason) {
+            assert!(Instant::now() < deadline, "no {reason} Event");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The ConfigMap's `key`.
     fn data(&self, key: &str) -> String {
         self.api
@@ -360,6 +369,7 @@ async fn three_replicas_climb_the_steps_on_the_fleets_evidence_to_promotion() {
     assert_eq!(status["progressive"]["state"], "following", "{status:#}");
     load_until(&fleet, "stable", "green").await;
     assert_eq!(fleet.weight(), "0");
+    fleet.wait_for_event("CanaryPromoted").await;
     let events = fleet.api.events();
     let reasons: Vec<_> = events.iter().map(|e| e.reason.as_str()).collect();
     let steps = reasons
@@ -367,7 +377,6 @@ async fn three_replicas_climb_the_steps_on_the_fleets_evidence_to_promotion() {
         .filter(|r| **r == "CanaryStepPromoted")
         .count();
     assert_eq!(steps, 2, "{reasons:?}");
-    assert!(reasons.contains(&"CanaryPromoted"), "{reasons:?}");
     let step = events
         .iter()
         .find(|e| {
@@ -440,14 +449,11 @@ async fn a_judge_killed_mid_step_is_succeeded_at_the_configmaps_step() {
     assert_eq!(status["progressive"]["current_step"], 50, "{status:#}");
     assert_eq!(fleet.weight(), "50");
     load_until(&fleet, "stable", "green").await;
+    fleet.wait_for_event("CanaryPromoted").await;
     let events = fleet.api.events();
     let messages: Vec<_> = events.iter().map(|e| e.message.as_str()).collect();
     for step in ["canary weight 10 -> 50", "canary weight 50 -> 100"] {
         let n = messages.iter().filter(|m| m.starts_with(step)).count();
         assert_eq!(n, 1, "{step}: {messages:#?}");
     }
-    assert!(
-        events.iter().any(|e| e.reason == "CanaryPromoted"),
-        "{messages:#?}"
-    );
 }
