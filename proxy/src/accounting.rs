@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::config::Color;
 use crate::metrics::ErrorKind;
 use crate::progressive::apply::latency_plan;
+use crate::progressive::{Cumulative, Seat};
 use crate::rollback::judge::Look;
 use crate::rollback::sequential::Verdict;
 use crate::rollback::tally::Evidence;
@@ -167,12 +168,12 @@ impl Runtime {
         }
         // The plan runs after the verdict, on the table it left, unless that rolled back; with
         // `rollback.enabled: "false"` it still moves on the gate's evidence. In a fleet no
-        // replica moves the weight on its own share.
+        // replica moves the weight on its own share: the judge runs it on the fleet's.
         if self.fleet().is_none()
             && let Some(table) = self.routes().clone()
             && table.rolled_back.is_none()
         {
-            self.step_plan(&table);
+            self.step_plan(&table, Seat::Alone, &Cumulative::of(&self.tally));
         }
     }
 

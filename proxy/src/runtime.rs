@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use crate::config::{Color, Config, ConfigError};
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
-use crate::progressive::{self, StepEvent};
+use crate::progressive::{self, Seat, StepEvent};
 use crate::rfc3339;
 use crate::rollback::history::History;
 use crate::rollback::judge::Judge;
@@ -104,6 +104,15 @@ impl Runtime {
     /// This replica's part in the fleet, with `--fleet`.
     pub fn fleet(&self) -> Option<&Fleet> {
         self.fleet.get()
+    }
+
+    /// Who runs the step plan here: this replica alone, or in a fleet its judge.
+    pub fn seat(&self) -> Seat {
+        match self.fleet() {
+            None => Seat::Alone,
+            Some(fleet) if fleet.view().is_judge => Seat::Judge,
+            Some(_) => Seat::Following,
+        }
     }
 
     /// Records how the configuration source is doing: whether it is connected, and a sentence

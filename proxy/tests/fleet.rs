@@ -1,5 +1,5 @@
-//! End-to-end: ten `canary-proxy --configmap --fleet` replicas on loopback, behind one
-//! ConfigMap in the fake API server, whose EndpointSlices name the replicas and whose Lease
+//! End-to-end: ten (or three) `canary-proxy --configmap --fleet` replicas on loopback, behind
+//! one ConfigMap in the fake API server, whose EndpointSlices name the replicas and whose Lease
 //! elects their judge. Each test has its own ten addresses (127.0.0.N1 and up), where the
 //! replicas share one admin port as pods share a container port.
 
@@ -30,7 +30,7 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_canary-proxy"))
 }
 
-/// Ten replicas, their upstreams and the API server they share.
+/// The replicas, their upstreams and the API server they share.
 struct Fleet {
     api: FakeApiServer,
     /// The replicas; `None` once a test has killed one.
@@ -41,13 +41,13 @@ struct Fleet {
     upstreams: (TestUpstream, TestUpstream),
 }
 
-/// One admin port free on all ten addresses from `127.0.0.first`.
-fn admin_addresses(first: u8) -> Vec<SocketAddr> {
+/// One admin port free on all `n` addresses from `127.0.0.first`.
+fn admin_addresses(first: u8, n: usize) -> Vec<SocketAddr> {
     loop {
         let probe = std::net::TcpListener::bind((format!("127.0.0.{first}"), 0)).unwrap();
         let port = probe.local_addr().unwrap().port();
         drop(probe);
-        let addrs: Vec<SocketAddr> = (0..REPLICAS as u8)
+        let addrs: Vec<SocketAddr> = (0..n as u8)
             .map(|i| SocketAddr::from(([127, 0, 0, first + i], port)))
             .collect();
         if addrs.iter().all(|a| std::net::TcpListener::bind(a).is_ok()) {
@@ -56,9 +56,15 @@ fn admin_addresses(first: u8) -> Vec<SocketAddr> {
     }
 }
 
+/// Ten replicas from `127.0.0.first` on a ConfigMap of `keys`.
 async fn fleet(first: u8, keys: &[(&str, &str)]) -> Fleet {
+    fleet_of(first, REPLICAS, keys).await
+}
+
+/// `n` replicas from `127.0.0.first` on a ConfigMap of `keys`.
+async fn fleet_of(first: u8, n: usize, keys: &[(&str, &str)]) -> Fleet {
     let (api, (blue, green)) = FakeApiServer::with_colors(NS, NAME, keys).await;
-    let admins = admin_addresses(first);
+    let admins = admin_addresses(first, n);
     let ready: Vec<(SocketAddr, bool)> = admins.iter().map(|a| (*a, true)).collect();
     api.set_endpoints(NS, PEERS, "admin", &ready);
     let mut replicas = Vec::new();
@@ -149,7 +155,24 @@ impl Fleet {
     }
 
     fn weight(&self) -> String {
-        self.api.configmap(NS, NAME).unwrap().data["canary-weight"].clone()
+        self.data("canary-weight")
+    }
+
+    /// Waits up to 10 s for an Event of `reason`: it is recorded after the write it reports.
+    async fn wait_for_event(&self, reason: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.api.events().iter().any(|e| e.reason == reason) {
+            assert!(Instant::now() < deadline, "no {reason} Event");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The ConfigMap's `key`.
+    fn data(&self, key: &str) -> String {
+        self.api
+            .configmap(NS, NAME)
+            .and_then(|cm| cm.data.get(key).cloned())
+            .unwrap_or_default()
     }
 
     /// The largest statistic among the replicas' own tests (each still computes it, and
@@ -323,5 +346,114 @@ async fn a_replica_cut_from_its_peers_or_the_api_keeps_serving_and_its_fast_path
     for _ in 0..20 {
         let reply = client.get("/", &[]).await.unwrap();
         assert_eq!((reply.status.as_u16(), reply.color()), (200, "blue"));
+    }
+}
+
+#[tokio::test]
+async fn three_replicas_climb_the_steps_on_the_fleets_evidence_to_promotion() {
+    let fleet = fleet_of(
+        51,
+        3,
+        &[
+            ("canary-weight", "10"),
+            ("rollback.max-error-rate", "20"),
+            ("progressive.steps", "10,50,100"),
+            ("progressive.step-min-duration", "500ms"),
+            ("progressive.step-min-requests", "20"),
+        ],
+    )
+    .await;
+    let judge = fleet.judge(Duration::from_secs(5)).await;
+    let follower = fleet.replicas[(judge + 1) % 3].as_ref().unwrap();
+    let status = follower.status().await;
+    assert_eq!(status["progressive"]["state"], "following", "{status:#}");
+    load_until(&fleet, "stable", "green").await;
+    assert_eq!(fleet.weight(), "0");
+    fleet.wait_for_event("CanaryPromoted").await;
+    let events = fleet.api.events();
+    let reasons: Vec<_> = events.iter().map(|e| e.reason.as_str()).collect();
+    let steps = reasons
+        .iter()
+        .filter(|r| **r == "CanaryStepPromoted")
+        .count();
+    assert_eq!(steps, 2, "{reasons:?}");
+    let step = events
+        .iter()
+        .find(|e| {
+            e.reason == "CanaryStepPromoted" && e.message.starts_with("canary weight 10 -> 50")
+        })
+        .expect("the first step's Event");
+    assert!(
+        step.message.contains("failure evidence"),
+        "{}",
+        step.message
+    );
+    // Every replica follows the ConfigMap: green is stable, with everything.
+    for replica in fleet.alive() {
+        replica
+            .wait_status(Duration::from_secs(10), |s| {
+                s["stable"] == "green" && s["progressive"]["state"] != "stepping"
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{s:#}"));
+    }
+}
+
+/// Loads every live replica until the ConfigMap's `key` reads `value`, up to a minute.
+async fn load_until(fleet: &Fleet, key: &str, value: &str) {
+    let done = Arc::new(AtomicBool::new(false));
+    let load = fleet.load(50_000, done.clone());
+    let watch = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while fleet.data(key) != value {
+            assert!(
+                Instant::now() < deadline,
+                "{key} never {value}; canary-weight {}",
+                fleet.weight()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        done.store(true, Relaxed);
+    };
+    tokio::join!(load, watch);
+}
+
+#[tokio::test]
+async fn a_judge_killed_mid_step_is_succeeded_at_the_configmaps_step() {
+    let mut fleet = fleet_of(
+        61,
+        3,
+        &[
+            ("canary-weight", "10"),
+            ("rollback.max-error-rate", "20"),
+            ("progressive.steps", "10,50,100"),
+            // Longer than the load takes to stop once the ConfigMap says 50.
+            ("progressive.step-min-duration", "2s"),
+            ("progressive.step-min-requests", "20"),
+        ],
+    )
+    .await;
+    let judge = fleet.judge(Duration::from_secs(5)).await;
+    load_until(&fleet, "canary-weight", "50").await;
+    fleet.replicas[judge].as_ref().unwrap().signal("KILL");
+    fleet.replicas[judge] = None;
+    let next = fleet.judge(HANDOVER).await;
+    let status = fleet.replicas[next]
+        .as_ref()
+        .unwrap()
+        .wait_status(Duration::from_secs(5), |s| {
+            s["progressive"]["state"] == "stepping"
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{s:#}"));
+    assert_eq!(status["progressive"]["current_step"], 50, "{status:#}");
+    assert_eq!(fleet.weight(), "50");
+    load_until(&fleet, "stable", "green").await;
+    fleet.wait_for_event("CanaryPromoted").await;
+    let events = fleet.api.events();
+    let messages: Vec<_> = events.iter().map(|e| e.message.as_str()).collect();
+    for step in ["canary weight 10 -> 50", "canary weight 50 -> 100"] {
+        let n = messages.iter().filter(|m| m.starts_with(step)).count();
+        assert_eq!(n, 1, "{step}: {messages:#?}");
     }
 }

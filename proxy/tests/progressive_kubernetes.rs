@@ -75,6 +75,11 @@ async fn each_step_is_written_to_the_configmap_with_an_event_until_promotion() {
     let tally = load.stop().await;
     assert_eq!(tally.failures, 0, "{:?}", tally.examples);
     assert_eq!(data(&api, "canary-weight"), "0");
+    // The Event is recorded after the write it reports.
+    wait_for("the promotion's Event", || {
+        api.events().iter().any(|e| e.reason == "CanaryPromoted")
+    })
+    .await;
     let events = api.events();
     let reasons: Vec<_> = events.iter().map(|e| e.reason.as_str()).collect();
     let steps = reasons
@@ -82,7 +87,6 @@ async fn each_step_is_written_to_the_configmap_with_an_event_until_promotion() {
         .filter(|r| **r == "CanaryStepPromoted")
         .count();
     assert_eq!(steps, 2, "{reasons:?}");
-    assert!(reasons.contains(&"CanaryPromoted"), "{reasons:?}");
     let step = events
         .iter()
         .find(|e| {

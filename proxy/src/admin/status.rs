@@ -211,7 +211,7 @@ pub fn render(runtime: &Runtime) -> Vec<u8> {
             at: rfc3339::format(e.at),
         }),
         fleet: fleet(runtime, table),
-        progressive: table.and_then(|t| t.progress.status(t, now, runtime.fleet().is_some())),
+        progressive: table.and_then(|t| t.progress.status(t, now, runtime.seat())),
     };
     serde_json::to_vec_pretty(&status).expect("status serialises")
 }

@@ -1,6 +1,8 @@
 //! The judge's loop: about once a second, while this replica holds the Lease, ask every member
 //! for its `/evidence`, judge the fleet's sum, and roll back locally when the test says so (the
 //! Kubernetes write-back persists it and the other replicas converge through their watch).
+//! Then the step plan looks at the same sum and moves the weight when it says so; the step is
+//! written into the ConfigMap, which the other replicas follow.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::fleet::Standing;
 use crate::fleet::evidence::Evidence;
 use crate::fleet::verdict::{Canary, FleetJudge};
+use crate::progressive::Seat;
 use crate::rollback::sequential::Verdict;
 use crate::runtime::Runtime;
 
@@ -125,11 +128,13 @@ pub async fn keep_judging(
         runtime.metrics.fleet_judge.set(i64::from(leads));
         if !leads {
             // A judge elected later starts from its own first gather; the shared-fault gauge
-            // is the judge's to set.
+            // is the judge's to set, and the step plan the judge's to run.
             judge = None;
             if let Some(table) = runtime.routes().as_deref() {
                 runtime.set_shared_fault(table.config.canary(), false);
+                table.progress.follow();
             }
+            runtime.metrics.progressive.clear();
         } else {
             let judge = judge.get_or_insert_with(FleetJudge::new);
             gather_once(&runtime, judge, &peers).await;
@@ -196,5 +201,13 @@ async fn gather_once(runtime: &Runtime, judge: &mut FleetJudge, peers: &[SocketA
         );
         warn!(replicas = judgement.reporting, "fleet verdict: roll back");
         runtime.roll_back(&table, reason);
+    }
+    // The plan runs after the verdict on the table it left, unless that rolled back or a
+    // reload replaced it meanwhile (the evidence is about the table's canary).
+    if table.rolled_back.is_none()
+        && let Some(now) = runtime.routes().clone()
+        && Arc::ptr_eq(&now, &table)
+    {
+        runtime.step_plan(&table, Seat::Judge, &judge.evidence());
     }
 }

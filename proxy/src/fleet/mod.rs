@@ -2,7 +2,8 @@
 //! holding the judge's Lease gathers it from all members about once a second ([`gather`]) and
 //! runs the sequential test on the fleet's sum ([`verdict`]). Every replica keeps the streak
 //! rule locally; none runs the rate test on its own share, which would multiply false
-//! rollbacks by the number of replicas.
+//! rollbacks by the number of replicas. The judge runs the step plan on the same sum (its
+//! moves go into the ConfigMap, which the other replicas follow).
 //!
 //! Membership and the Lease come from the Kubernetes side (the `controller` crate) as watch
 //! channels, so this module needs no API client and tests can drive it directly.

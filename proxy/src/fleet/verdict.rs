@@ -21,6 +21,7 @@ use std::collections::HashMap;
 
 use crate::config::Color;
 use crate::fleet::evidence::Evidence;
+use crate::progressive::Cumulative;
 use crate::rollback::sequential::{self, Counts, Plan, Streaks, Test, Verdict};
 
 /// The canary a judge is judging, as the configuration names it.
@@ -43,6 +44,9 @@ pub struct FleetJudge {
     seen: HashMap<String, [Counts; 2]>,
     /// The statistics on the fleet's summed batches.
     test: Test,
+    /// The summed batches (canary, stable) since the first gather about this canary: the
+    /// cumulative evidence the step plan takes differences of.
+    summed: [Counts; 2],
 }
 
 /// What one gather concluded, for `/status` and the rollback's reason.
@@ -103,12 +107,25 @@ impl FleetJudge {
             self.seen.insert(process, counts);
         }
         self.test.observe(plan, canary_batch, stable_batch, share);
+        self.summed[0] += canary_batch;
+        self.summed[1] += stable_batch;
         let verdict = sequential::decide(plan, &self.test, Streaks::default(), share);
         Judgement {
             verdict,
             test: self.test,
             reporting,
         }
+    }
+
+    /// The fleet's weighted counts since the first gather about the current canary, as the
+    /// step plan reads them; no latency, which `/evidence` does not carry.
+    pub fn evidence(&self) -> Cumulative {
+        let mut evidence = Cumulative::default();
+        if let Some(canary) = &self.canary {
+            evidence.counts[canary.color.index()] = self.summed[0];
+            evidence.counts[canary.color.other().index()] = self.summed[1];
+        }
+        evidence
     }
 }
 
@@ -186,6 +203,10 @@ mod tests {
         let more = report("b", Counts::new(19, 1), Counts::new(20, 0));
         let j = judge.gather(&plan, &canary(), 0.5, &[old, more]);
         assert_eq!(j.test.judged, Counts::new(19, 1));
+        // The step plan reads the same sums, by color.
+        let evidence = judge.evidence();
+        assert_eq!(evidence.counts[Color::Green.index()], Counts::new(19, 1));
+        assert_eq!(evidence.counts[Color::Blue.index()], Counts::new(20, 0));
     }
 
     #[test]

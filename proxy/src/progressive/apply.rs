@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use crate::progressive::gate::GatePlan;
 use crate::progressive::plan::Decision;
-use crate::progressive::{StepEvent, StepLook};
+use crate::progressive::{Cumulative, Seat, StepEvent, StepLook};
 use crate::rfc3339;
 use crate::rollback::judge::Judge;
 use crate::rollback::slowdown::LatencyPlan;
@@ -17,17 +17,18 @@ use crate::route::RouteTable;
 use crate::runtime::Runtime;
 
 impl Runtime {
-    /// One look of `table`'s step plan, from the timer: moves the canary's weight to the next
-    /// step, or promotes it, when the plan says so.
-    pub fn step_plan(&self, table: &Arc<RouteTable>) {
+    /// One look of `table`'s step plan on `evidence`, by a replica in `seat` (alone, from the
+    /// timer; the fleet's judge, from its gather): moves the canary's weight to the next step,
+    /// or promotes it, when the plan says so.
+    pub fn step_plan(&self, table: &Arc<RouteTable>, seat: Seat, evidence: &Cumulative) {
         let config = &table.config;
         let Some(policy) = &config.progressive else {
             return;
         };
-        let gate = gate_plan(table);
+        let gate = gate_plan(table, seat);
         let now_ms = self.now_ms();
         let decision = table.progress.tick(StepLook {
-            tally: &self.tally,
+            evidence,
             policy,
             gate: &gate,
             canary: config.canary(),
@@ -35,7 +36,7 @@ impl Runtime {
             share: table.canary_share(),
             now_ms,
         });
-        self.publish_plan(table, &gate, now_ms);
+        self.publish_plan(table, &gate, now_ms, seat);
         let at = || rfc3339::format(SystemTime::now());
         match decision {
             Decision::Hold => {
@@ -86,9 +87,9 @@ impl Runtime {
 
 impl Runtime {
     /// Sets the `canary_proxy_progressive_*` gauges from `table`'s plan.
-    fn publish_plan(&self, table: &RouteTable, gate: &GatePlan, now_ms: u64) {
+    fn publish_plan(&self, table: &RouteTable, gate: &GatePlan, now_ms: u64, seat: Seat) {
         let m = &self.metrics.progressive;
-        let Some(status) = table.progress.status(table, now_ms, false) else {
+        let Some(status) = table.progress.status(table, now_ms, seat) else {
             return;
         };
         let total = f64::from(table.config.weight_total);
@@ -109,13 +110,14 @@ impl Runtime {
     }
 }
 
-/// The gate's constants for `table`'s rollback policy.
-pub fn gate_plan(table: &RouteTable) -> GatePlan {
+/// The gate's constants for `table`'s rollback policy, for a replica in `seat`: the fleet's
+/// judge gates on failures only, as the fleet's evidence carries no latency histograms.
+pub fn gate_plan(table: &RouteTable, seat: Seat) -> GatePlan {
     let policy = &table.config.rollback;
     GatePlan::new(
         policy.max_error_rate,
         policy.confidence,
-        latency_plan(table),
+        latency_plan(table).filter(|_| seat == Seat::Alone),
     )
 }
 

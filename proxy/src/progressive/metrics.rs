@@ -67,4 +67,20 @@ impl ProgressiveMetrics {
             boundary: evidence.with_label_values(&["boundary"]),
         })
     }
+
+    /// Zeroes every gauge: on a `--fleet` replica that does not run the plan, the figures are
+    /// the judge's to show, and a former judge's must not linger on a dashboard's max.
+    pub fn clear(&self) {
+        for gauge in [
+            &self.step_percent,
+            &self.step_seconds,
+            &self.failures,
+            &self.latency,
+            &self.boundary,
+        ] {
+            gauge.set(0.0);
+        }
+        self.steps_done.set(0);
+        self.paused.set(0);
+    }
 }

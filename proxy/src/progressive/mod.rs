@@ -13,6 +13,8 @@
 //! from there, 0 waits for a release, any other weight holds. With `--config`, the steps move
 //! in memory; an edit of the file's `canary-weight` while the plan runs pauses it (the file's
 //! weight is then used), and an edit of `progressive.paused` that leaves it not true resumes it.
+//! With `--fleet`, the judge runs the plan on the fleet's summed counts ([`Seat`]) and the
+//! others follow the ConfigMap's weight.
 
 pub mod apply;
 pub mod gate;
@@ -130,11 +132,52 @@ fn paused_key(config: &Config) -> Option<bool> {
         .and_then(|p| p.paused_written.then_some(p.paused))
 }
 
+/// Who runs the plan on this replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seat {
+    /// A replica alone (no `--fleet`): on its own evidence.
+    Alone,
+    /// The fleet's judge: on the fleet's summed evidence, failures only (`/evidence` carries
+    /// no latency histograms).
+    Judge,
+    /// A `--fleet` replica that is not the judge: it routes by the ConfigMap's weight.
+    Following,
+}
+
+/// The evidence a look of the plan reads: each color's weighted counts and latency histograms,
+/// cumulative, in [`Color::ALL`] order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cumulative {
+    /// Weighted outcomes.
+    pub counts: [Counts; 2],
+    /// Weighted latency histograms (zero where latency is not judged).
+    pub latency: [[u64; BINS]; 2],
+}
+
+impl Default for Cumulative {
+    fn default() -> Cumulative {
+        Cumulative {
+            counts: [Counts::default(); 2],
+            latency: [[0; BINS]; 2],
+        }
+    }
+}
+
+impl Cumulative {
+    /// The evidence in `tally`.
+    pub fn of(tally: &Tally) -> Cumulative {
+        Cumulative {
+            counts: Color::ALL.map(|c| tally.weighted(c)),
+            latency: Color::ALL.map(|c| tally.weighted_latency(c)),
+        }
+    }
+}
+
 /// What a look of the plan needs.
 #[derive(Clone, Copy)]
 pub struct StepLook<'a> {
-    /// Where the outcomes are.
-    pub tally: &'a Tally,
+    /// The outcomes so far.
+    pub evidence: &'a Cumulative,
     /// The plan's settings.
     pub policy: &'a Progressive,
     /// The gate's constants.
@@ -173,8 +216,7 @@ impl Stepper {
     pub fn tick(&self, look: StepLook<'_>) -> Decision {
         let mut state = self.lock();
         let stable = look.canary.other();
-        let counts = Color::ALL.map(|c| look.tally.weighted(c));
-        let latency = Color::ALL.map(|c| look.tally.weighted_latency(c));
+        let Cumulative { counts, latency } = *look.evidence;
         let Some((seen_counts, seen_latency)) = state.seen.replace((counts, latency)) else {
             return Decision::Hold;
         };
@@ -216,6 +258,17 @@ impl Stepper {
             look.share,
             paused,
         )
+    }
+
+    /// Forgets the step as it ran here (not the steps done): another replica runs the plan now,
+    /// so the ConfigMap's weight is not this replica's to call a hand edit, and a later turn
+    /// as judge begins at the ConfigMap's step with fresh evidence.
+    pub fn follow(&self) {
+        let mut state = self.lock();
+        state.step = None;
+        state.seen = None;
+        state.stable_base = None;
+        state.announced_pause = None;
     }
 
     /// The current step's evidence at `now_ms`, in a sentence, for logs and Events.
@@ -353,14 +406,14 @@ mod tests {
     }
 
     fn look<'a>(
-        tally: &'a Tally,
+        evidence: &'a Cumulative,
         policy: &'a Progressive,
         gate: &'a GatePlan,
         weight: u32,
         now_ms: u64,
     ) -> StepLook<'a> {
         StepLook {
-            tally,
+            evidence,
             policy,
             gate,
             canary: Color::Green,
@@ -379,33 +432,33 @@ mod tests {
         let stepper = Stepper::new(&config);
         // The first looks set the baselines and begin the step.
         assert_eq!(
-            stepper.tick(look(&tally, &policy, &gate, 5, 0)),
+            stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 5, 0)),
             Decision::Hold
         );
         assert_eq!(
-            stepper.tick(look(&tally, &policy, &gate, 5, 0)),
+            stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 5, 0)),
             Decision::Hold
         );
         for _ in 0..200 {
             tally.record(Color::Green, Evidence::Weighted, false, None);
         }
         assert_eq!(
-            stepper.tick(look(&tally, &policy, &gate, 5, 500)),
+            stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 5, 500)),
             Decision::Hold,
             "before its least time"
         );
         assert_eq!(
-            stepper.tick(look(&tally, &policy, &gate, 5, 1_000)),
+            stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 5, 1_000)),
             Decision::Advance { from: 5, to: 25 }
         );
         stepper.left("25".into(), 1_000, "now".into());
         // At the next step the evidence starts again.
         assert_eq!(
-            stepper.tick(look(&tally, &policy, &gate, 25, 1_100)),
+            stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 25, 1_100)),
             Decision::Hold
         );
         assert_eq!(
-            stepper.tick(look(&tally, &policy, &gate, 25, 5_000)),
+            stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 25, 5_000)),
             Decision::Hold
         );
         let state = stepper.lock();
@@ -419,8 +472,8 @@ mod tests {
         let tally = Tally::new();
         let policy = config(5).progressive.unwrap();
         let gate = GatePlan::new(0.05, 0.99, None);
-        stepper.tick(look(&tally, &policy, &gate, 5, 0));
-        stepper.tick(look(&tally, &policy, &gate, 5, 0));
+        stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 5, 0));
+        stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 5, 0));
         // The plan moved to 25; the file still says 5: the plan's weight stays.
         assert_eq!(stepper.reload(&config(5), 25), 25);
         assert!(stepper.lock().manual.is_none());
@@ -438,11 +491,11 @@ mod tests {
             tally.record(Color::Green, Evidence::Weighted, false, None);
         }
         assert_eq!(
-            stepper.tick(look(&tally, &policy, &gate, 50, 10)),
+            stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 50, 10)),
             Decision::Hold
         );
         assert_eq!(
-            stepper.tick(look(&tally, &policy, &gate, 50, 5_000)),
+            stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 50, 5_000)),
             Decision::Hold
         );
         // Paused in the file, then resumed: the hand pause is lifted.
@@ -461,5 +514,28 @@ mod tests {
         assert!(stepper.lock().manual.is_some());
         stepper.reload(&written(false), 100);
         assert!(stepper.lock().manual.is_none());
+    }
+
+    #[test]
+    fn a_follower_takes_the_configmaps_weight_and_a_new_judge_begins_there() {
+        let stepper = Stepper::new(&config(5));
+        let tally = Tally::new();
+        let policy = config(5).progressive.unwrap();
+        let gate = GatePlan::new(0.05, 0.99, None);
+        stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 5, 0));
+        stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 5, 0));
+        // Another replica judges now and moved the ConfigMap to 25: followed, not a hand edit.
+        stepper.follow();
+        assert_eq!(stepper.reload(&config(25), 5), 25);
+        assert!(stepper.lock().manual.is_none());
+        // Judge again: the step begins at the ConfigMap's weight, its evidence from then on.
+        for _ in 0..200 {
+            tally.record(Color::Green, Evidence::Weighted, false, None);
+        }
+        stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 25, 10));
+        stepper.tick(look(&Cumulative::of(&tally), &policy, &gate, 25, 20));
+        let step = stepper.lock().step.unwrap();
+        assert_eq!((step.weight, step.since_ms), (25, 20));
+        assert_eq!(step.gate.canary, Counts::default());
     }
 }

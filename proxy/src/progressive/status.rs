@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::progressive::apply::gate_plan;
 use crate::progressive::plan::{self, Step};
-use crate::progressive::{Done, Stepper};
+use crate::progressive::{Done, Seat, Stepper};
 use crate::rollback::sequential::Counts;
 use crate::route::RouteTable;
 
@@ -19,7 +19,8 @@ pub struct PlanStatus {
     pub steps: Vec<u32>,
     /// `waiting_for_release` (weight 0), `stepping`, `paused`, `off_plan` (a weight that is
     /// not a step), `complete` (the last step, not promoting), `promoted`, `rolled_back`, or
-    /// `fleet` (with `--fleet` the plan is not run by a replica).
+    /// `following` (with `--fleet`, on a replica that is not the judge: the judge runs the plan
+    /// and this replica routes by the ConfigMap's weight).
     pub state: &'static str,
     /// The state in a sentence.
     pub message: String,
@@ -73,11 +74,11 @@ pub struct GateStatus {
 }
 
 impl Stepper {
-    /// The plan of `table` as `/status` shows it, at `now_ms`; `in_fleet` with `--fleet`.
-    pub fn status(&self, table: &RouteTable, now_ms: u64, in_fleet: bool) -> Option<PlanStatus> {
+    /// The plan of `table` as `/status` shows it, at `now_ms`, on a replica in `seat`.
+    pub fn status(&self, table: &RouteTable, now_ms: u64, seat: Seat) -> Option<PlanStatus> {
         let policy = table.config.progressive.as_ref()?;
         let state = self.lock().clone();
-        let gate_plan = gate_plan(table);
+        let gate_plan = gate_plan(table, seat);
         let weight = table.config.weight;
         let share = table.canary_share();
         let step = state.step.filter(|s| s.weight == weight);
@@ -89,10 +90,13 @@ impl Stepper {
                 "rolled_back",
                 format!("rolled back at {}: {}", r.at, r.reason),
             )
-        } else if in_fleet {
+        } else if seat == Seat::Following {
             (
-                "fleet",
-                "with --fleet the plan is not run by a replica; move the weight by hand".into(),
+                "following",
+                format!(
+                    "the fleet's judge runs the plan; this replica routes by the ConfigMap's \
+                     weight ({weight})"
+                ),
             )
         } else if weight == 0 {
             (

@@ -67,8 +67,9 @@ struct Args {
     /// Worker threads; 1 runs everything on one thread. Default: one per core.
     #[arg(long, env = "CANARY_PROXY_WORKERS")]
     workers: Option<usize>,
-    /// Judge rollbacks on the whole fleet's evidence, as NAMESPACE/SERVICE: peers from that
-    /// headless Service's EndpointSlices, one judge elected by a Lease of the same name.
+    /// Judge rollbacks and the step plan on the whole fleet's evidence, as NAMESPACE/SERVICE:
+    /// peers from that headless Service's EndpointSlices, one judge elected by a Lease of the
+    /// same name.
     #[arg(long, env = "CANARY_PROXY_FLEET", requires = "configmap")]
     fleet: Option<String>,
 }
