@@ -4,19 +4,15 @@
 //! request while it finishes those it has. A lost connection or a bad slice is logged once; the
 //! last good set stays in force.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, watcher};
-use kube::{Api, Client};
+use kube::Client;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// Server-side timeout of each watch request, as for the ConfigMap.
-const WATCH_TIMEOUT_SECS: u32 = 60;
+use crate::slices::{Slices, addresses_on, watch_slices};
 
 /// A Service's endpoints as last seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,14 +33,8 @@ pub async fn follow_service(
     port: &str,
     endpoints: watch::Sender<ServiceEndpoints>,
 ) {
-    let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
-    let config = watcher::Config::default()
-        .labels(&format!("kubernetes.io/service-name={name}"))
-        .timeout(WATCH_TIMEOUT_SECS);
-    let mut stream = watcher(api, config).default_backoff().boxed();
-    // Slices by name; the listing in progress replaces them when it is complete.
-    let mut slices: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
-    let mut listing: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+    let mut stream = watch_slices(client, namespace, name);
+    let mut slices = Slices::default();
     let mut connected = false;
     loop {
         let event = tokio::select! {
@@ -53,20 +43,10 @@ pub async fn follow_service(
         };
         let Some(event) = event else { return };
         match event {
-            Ok(watcher::Event::Init) => {
-                listing.clear();
-                continue;
-            }
-            Ok(watcher::Event::InitApply(slice)) => {
-                listing.insert(slice_name(&slice), ready_addresses(&slice, port));
-                continue;
-            }
-            Ok(watcher::Event::InitDone) => slices = std::mem::take(&mut listing),
-            Ok(watcher::Event::Apply(slice)) => {
-                slices.insert(slice_name(&slice), ready_addresses(&slice, port));
-            }
-            Ok(watcher::Event::Delete(slice)) => {
-                slices.remove(&slice_name(&slice));
+            Ok(event) => {
+                if !slices.apply(event, |slice| ready_addresses(slice, port)) {
+                    continue;
+                }
             }
             Err(e) => {
                 if connected {
@@ -81,18 +61,11 @@ pub async fn follow_service(
             info!(%namespace, service = %name, "endpoint watch connected");
         }
         connected = true;
-        let mut addrs: Vec<SocketAddr> = slices.values().flatten().copied().collect();
-        addrs.sort_unstable();
-        addrs.dedup();
         endpoints.send_replace(ServiceEndpoints {
-            addrs,
+            addrs: slices.addrs(),
             synced: true,
         });
     }
-}
-
-fn slice_name(slice: &EndpointSlice) -> String {
-    slice.metadata.name.clone().unwrap_or_default()
 }
 
 /// The addresses of a slice's endpoints that take new requests (ready and not terminating),
@@ -112,18 +85,10 @@ fn ready_addresses(slice: &EndpointSlice, port: &str) -> Vec<SocketAddr> {
     let Some(port) = found else {
         return Vec::new();
     };
-    slice
-        .endpoints
-        .iter()
-        .filter(|e| {
-            let conditions = e.conditions.as_ref();
-            conditions.and_then(|c| c.ready) != Some(false)
-                && conditions.and_then(|c| c.terminating) != Some(true)
-        })
-        .flat_map(|e| &e.addresses)
-        .filter_map(|a| a.parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, port))
-        .collect()
+    addresses_on(slice, port, |conditions| {
+        conditions.and_then(|c| c.ready) != Some(false)
+            && conditions.and_then(|c| c.terminating) != Some(true)
+    })
 }
 
 #[cfg(test)]

@@ -3,24 +3,19 @@
 //! connection or a bad slice is logged once; the last good member set stays in force, so a
 //! replica cut off from the API server keeps judging (or being judged) with the peers it knew.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, watcher};
-use kube::{Api, Client};
+use kube::Client;
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::slices::{Slices, addresses_on, watch_slices};
 
 /// The EndpointSlice port that carries the admin listener; a slice without it offers its
 /// first port.
 pub const ADMIN_PORT_NAME: &str = "admin";
-
-/// Server-side timeout of each watch request, as for the ConfigMap: a silently dead
-/// connection is noticed within about a minute, at one watch request a minute.
-const WATCH_TIMEOUT_SECS: u32 = 60;
 
 /// The fleet's members as last seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,27 +34,14 @@ pub async fn follow_members(
     service: &str,
     members: watch::Sender<Members>,
 ) {
-    let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
-    let config = watcher::Config::default()
-        .labels(&format!("kubernetes.io/service-name={service}"))
-        .timeout(WATCH_TIMEOUT_SECS);
-    let mut stream = watcher(api, config).default_backoff().boxed();
-    // Slices by name; the listing in progress replaces them when it is complete.
-    let mut slices: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
-    let mut listing: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+    let mut stream = watch_slices(client, namespace, service);
+    let mut slices = Slices::default();
     let mut connected = false;
     while let Some(event) = stream.next().await {
         match event {
-            Ok(watcher::Event::Init) => listing.clear(),
-            Ok(watcher::Event::InitApply(slice)) => {
-                listing.insert(name(&slice), addresses(&slice));
-            }
-            Ok(watcher::Event::InitDone) => slices = std::mem::take(&mut listing),
-            Ok(watcher::Event::Apply(slice)) => {
-                slices.insert(name(&slice), addresses(&slice));
-            }
-            Ok(watcher::Event::Delete(slice)) => {
-                slices.remove(&name(&slice));
+            // Published even while a listing is under way: the watch is back.
+            Ok(event) => {
+                slices.apply(event, addresses);
             }
             Err(e) => {
                 if connected {
@@ -78,17 +60,11 @@ pub async fn follow_members(
             info!(%namespace, %service, "fleet membership watch connected");
         }
         connected = true;
-        let mut addrs: Vec<SocketAddr> = slices.values().flatten().copied().collect();
-        addrs.sort_unstable();
-        addrs.dedup();
+        let addrs = slices.addrs();
         if members.send(Members { addrs, connected }).is_err() {
             return;
         }
     }
-}
-
-fn name(slice: &EndpointSlice) -> String {
-    slice.metadata.name.clone().unwrap_or_default()
 }
 
 /// The admin addresses of a slice's ready endpoints; addresses that do not parse are skipped.
@@ -102,14 +78,9 @@ fn addresses(slice: &EndpointSlice) -> Vec<SocketAddr> {
     let Some(port) = port.and_then(|p| u16::try_from(p).ok()) else {
         return Vec::new();
     };
-    slice
-        .endpoints
-        .iter()
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .flat_map(|e| &e.addresses)
-        .filter_map(|a| a.parse::<IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, port))
-        .collect()
+    addresses_on(slice, port, |conditions| {
+        conditions.and_then(|c| c.ready) != Some(false)
+    })
 }
 
 #[cfg(test)]

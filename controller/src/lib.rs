@@ -34,6 +34,7 @@ pub mod judge;
 pub mod persisted;
 pub mod plugin;
 pub mod progressive;
+mod slices;
 pub mod watch;
 pub mod write_back;
 
