@@ -1,8 +1,10 @@
 //! Response accounting from 1 and 2 threads at once: `Runtime::account` as the proxy calls it
-//! at each response's end, beside the same writes made to one shared set of Prometheus handles
-//! (how the per-response metrics were kept before they were sharded). With nothing shared, the
-//! cost per call stays flat as threads are added; with shared counters, the threads fight
-//! over their cache lines. Costs are each thread's own CPU time (from
+//! at each response's end, with the request counted in flight at its endpoint from before it
+//! (a color of one endpoint, and one of three, where the balancer's latency estimate is fed
+//! too), beside the same writes made to one shared set of Prometheus handles (how the
+//! per-response metrics were kept before they were sharded). With nothing shared, the cost per
+//! call stays flat as threads are added; with shared counters, the threads fight over their
+//! cache lines. Costs are each thread's own CPU time (from
 //! `/proc/thread-self/schedstat`), so that other work on the machine does not count; they
 //! are only comparable when the machine has the threads' cores to spare.
 //!
@@ -15,9 +17,10 @@ use canary_proxy::accounting::Outcome;
 use canary_proxy::config::Color;
 use canary_proxy::metrics::Metrics;
 use canary_proxy::rollback::tally::Evidence;
-use canary_proxy::route::Choice;
+use canary_proxy::route::{Choice, RouteTable};
 use canary_proxy::runtime::Runtime;
 use prometheus::{Histogram, HistogramOpts, IntCounter};
+use std::sync::Arc;
 
 /// Calls per thread in one measurement.
 const CALLS: u64 = 2_000_000;
@@ -25,35 +28,8 @@ const CALLS: u64 = 2_000_000;
 const ROUNDS: usize = 5;
 
 fn main() {
-    let runtime = Runtime::new(Metrics::new().expect("metrics"), "bench".into());
-    let data = [
-        ("blue.upstream", "127.0.0.1:1"),
-        ("green.upstream", "127.0.0.1:2"),
-        ("canary-weight", "5"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    runtime.apply(&data, "bench", |_| None).expect("config");
-    let table = runtime.routes().clone().expect("table");
-    let stable = table.config.stable;
-    let sharded = |_: usize| {
-        let choice = Choice {
-            color: stable,
-            evidence: Evidence::Weighted,
-        };
-        for i in 0..CALLS {
-            let latency = Duration::from_micros(100 + i % 512);
-            let served = table.upstreams[stable.index()].serve_first();
-            runtime.account(
-                &table,
-                black_box(choice),
-                served.as_ref(),
-                Outcome::Response(200),
-                latency,
-            );
-        }
-    };
+    let one = Bench::new("127.0.0.1:1");
+    let three = Bench::new("127.0.0.1:1,127.0.0.1:3,127.0.0.1:4");
     let requests = IntCounter::new("requests", "shared").expect("counter");
     let duration = Histogram::with_opts(HistogramOpts::new("duration", "shared")).expect("hist");
     let shared = |_: usize| {
@@ -63,15 +39,66 @@ fn main() {
             duration.observe(latency.as_secs_f64());
         }
     };
-    println!("threads  accounting ns/call  shared-handles ns/call");
+    println!("threads  1 endpoint ns/call  3 endpoints ns/call  shared-handles ns/call");
     for threads in [1, 2] {
-        let ours = best(threads, &sharded);
+        let single = best(threads, &|_| one.run());
+        let spread = best(threads, &|_| three.run());
         let theirs = best(threads, &shared);
-        println!("{threads:>7}  {ours:>18.1}  {theirs:>22.1}");
+        println!("{threads:>7}  {single:>18.1}  {spread:>19.1}  {theirs:>22.1}");
     }
-    let total = runtime.metrics.color(Color::Blue).requests_total()
-        + runtime.metrics.color(Color::Green).requests_total();
-    assert_eq!(total, CALLS * 3 * ROUNDS as u64, "every call was counted");
+    for bench in [one, three] {
+        bench.check();
+    }
+}
+
+/// A runtime whose stable color has the endpoints `stable`.
+struct Bench {
+    runtime: Arc<Runtime>,
+    table: Arc<RouteTable>,
+}
+
+impl Bench {
+    fn new(stable: &str) -> Bench {
+        let runtime = Runtime::new(Metrics::new().expect("metrics"), "bench".into());
+        let data = [
+            ("blue.upstream", stable),
+            ("green.upstream", "127.0.0.1:2"),
+            ("canary-weight", "5"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        runtime.apply(&data, "bench", |_| None).expect("config");
+        let table = runtime.routes().clone().expect("table");
+        Bench { runtime, table }
+    }
+
+    /// [`CALLS`] responses of the stable color, each accounted at the end of its exchange.
+    fn run(&self) {
+        let stable = self.table.config.stable;
+        let choice = Choice {
+            color: stable,
+            evidence: Evidence::Weighted,
+        };
+        for i in 0..CALLS {
+            let latency = Duration::from_micros(100 + i % 512);
+            let served = self.table.upstreams[stable.index()].serve_first();
+            self.runtime.account(
+                &self.table,
+                black_box(choice),
+                served.as_ref(),
+                Outcome::Response(200),
+                latency,
+            );
+        }
+    }
+
+    fn check(&self) {
+        let metrics = &self.runtime.metrics;
+        let total = metrics.color(Color::Blue).requests_total()
+            + metrics.color(Color::Green).requests_total();
+        assert_eq!(total, CALLS * 3 * ROUNDS as u64, "every call was counted");
+    }
 }
 
 /// The fastest of [`ROUNDS`] runs of `work` on `threads` threads at once, in nanoseconds of

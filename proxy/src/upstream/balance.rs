@@ -11,7 +11,11 @@
 //! apart (requests in flight multiply them) and the choice is nearly the strict one; with
 //! little load and equal endpoints it stays an even split.
 //!
-//! The state is atomics read and written by every worker without a lock; two updates racing
+//! Each thread keeps its own view of each endpoint (its own requests in flight there and its own
+//! estimate, on cache lines no other worker writes), and balances its own requests by it, as
+//! independent clients each running this balancer would: the sum of loads each balanced evenly
+//! is balanced, and an endpoint that turns slow is noticed by each thread on its first slow
+//! answer there. The state is atomics without a lock; two threads that share a shard and race
 //! may lose one sample, which only makes the estimate a little older.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -30,11 +34,9 @@ const MIN_STEP: f64 = 0.5;
 /// (a new endpoint, an idle set): 100 µs, about one loopback exchange.
 const FLOOR_NS: f64 = 100_000.0;
 
-/// One endpoint's load.
+/// One endpoint's latency as one thread sees it.
 #[derive(Debug, Default)]
 pub struct Load {
-    /// Requests sent and not yet over.
-    in_flight: AtomicU64,
     /// The latency estimate in nanoseconds (`f64` bits), as of `stamp`.
     estimate: AtomicU64,
     /// When the estimate was last written, in nanoseconds on the caller's clock.
@@ -42,26 +44,10 @@ pub struct Load {
 }
 
 impl Load {
-    /// The cost of sending one more request at `now`: the decayed estimate times the requests
-    /// in flight plus one.
-    pub fn cost(&self, now: u64) -> f64 {
-        let pending = self.in_flight.load(Relaxed) as f64 + 1.0;
-        (self.estimate_at(now) + FLOOR_NS) * pending
-    }
-
-    /// Requests in flight.
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Relaxed)
-    }
-
-    /// A request starts.
-    pub fn start(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
-    }
-
-    /// A request is over.
-    pub fn finish(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
+    /// The cost of sending one more request at `now` with `in_flight` already there: the
+    /// decayed estimate times the requests in flight plus one.
+    pub fn cost(&self, now: u64, in_flight: u64) -> f64 {
+        (self.estimate_at(now) + FLOOR_NS) * (in_flight as f64 + 1.0)
     }
 
     /// Takes in a latency sample of `latency_ns` seen at `now`: above the estimate it becomes
@@ -117,11 +103,9 @@ mod tests {
 
     #[test]
     fn in_flight_counts_while_estimates_are_zero() {
-        let (idle, busy) = (Load::default(), Load::default());
-        busy.start();
-        assert!(idle.cost(0) < busy.cost(0));
-        busy.finish();
-        assert_eq!(idle.cost(0), busy.cost(0));
+        let load = Load::default();
+        assert!(load.cost(0, 0) < load.cost(0, 1));
+        assert_eq!(load.cost(0, 0), FLOOR_NS);
     }
 
     #[test]
@@ -129,22 +113,22 @@ mod tests {
         let load = Load::default();
         load.observe(MS, 0);
         load.observe(100 * MS, 1);
-        assert!(load.cost(1) > 99.0 * MS as f64);
+        assert!(load.cost(1, 0) > 99.0 * MS as f64);
         // Fast answers pull it down over several samples, not in one.
         load.observe(MS, 2);
-        let after_one = load.cost(2);
+        let after_one = load.cost(2, 0);
         assert!(after_one > 50.0 * MS as f64, "{after_one}");
         for t in 3..20 {
             load.observe(MS, t);
         }
-        assert!(load.cost(20) < 2.0 * MS as f64);
+        assert!(load.cost(20, 0) < 2.0 * MS as f64);
     }
 
     #[test]
     fn an_idle_estimate_decays_toward_zero() {
         let load = Load::default();
         load.observe(100 * MS, 0);
-        let later = load.cost(120_000 * MS);
+        let later = load.cost(120_000 * MS, 0);
         assert!(later < 2.0 * FLOOR_NS, "{later}");
     }
 

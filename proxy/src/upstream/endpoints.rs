@@ -7,6 +7,12 @@
 //! data ([`Endpoints::update`]) and are swapped in as one snapshot that the request path reads
 //! without a lock; an endpoint that leaves gets no new request and its idle connections are
 //! closed.
+//!
+//! What a response writes is the calling thread's own (see [`crate::shard`]): each endpoint
+//! keeps its requests in flight, its counters and the balancer's latency estimate per thread,
+//! and a request holds its endpoint by the same per-thread count, not by a reference count
+//! every worker writes (see [`anchor`]). The outlier state and the held failures are shared,
+//! and written only when they change: a healthy endpoint's responses only read them.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -20,12 +26,16 @@ use hyper::body::Incoming;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use self::anchor::{Anchor, Ticket};
 use super::balance::{Load, prefer_first, two_of};
 use super::outlier::{self, Outlier, State};
 use super::{Failure, Fault, Lease, Upstream};
 use crate::body::RequestBody;
 use crate::config::{MAX_ENDPOINTS, Protocol, Timeouts, UpstreamAddr, Upstreams};
 use crate::metrics::ErrorKind;
+use crate::shard::{self, SHARDS};
+
+mod anchor;
 
 /// Endpoints of one color a request may be tried on when it could not connect.
 const CONNECT_ATTEMPTS: usize = 3;
@@ -35,48 +45,74 @@ const CONNECT_ATTEMPTS: usize = 3;
 pub struct Endpoint {
     /// Its address and connection pools.
     pub upstream: Upstream,
-    /// What the balancer reads.
-    load: Load,
     /// Its failures in a row and ejection.
     outlier: Outlier,
+    /// What each shard's threads write per request, summed when read.
+    slots: [Slot; SHARDS],
+    /// Requests still in flight once no snapshot lists it, plus [`anchor::BIAS`] until its
+    /// shards are closed (see [`anchor`]).
+    orphaned: AtomicU64,
+}
+
+/// One shard's share of an endpoint, on cache lines no other shard writes.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct Slot {
+    /// Requests started by this shard's threads and not yet over: what its balancer weighs,
+    /// and what keeps the endpoint alive (see [`anchor`]).
+    in_flight: AtomicU64,
     /// Outcomes recorded, for `/status`.
     requests: AtomicU64,
     /// Failed outcomes recorded, for `/status`.
     failures: AtomicU64,
+    /// The latency as this shard's threads see it.
+    load: Load,
 }
 
 impl Endpoint {
     fn new(upstream: Upstream) -> Endpoint {
         Endpoint {
             upstream,
-            load: Load::default(),
             outlier: Outlier::default(),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            slots: Default::default(),
+            orphaned: AtomicU64::new(anchor::BIAS),
         }
+    }
+
+    /// The calling thread's slot.
+    fn slot(&self) -> &Slot {
+        &self.slots[shard::index()]
+    }
+
+    /// What sending one more request costs at `now`, as the threads of `shard` see it.
+    fn cost(&self, shard: usize, now: u64) -> f64 {
+        let slot = &self.slots[shard];
+        slot.load.cost(now, slot.in_flight.load(Relaxed))
+    }
+
+    /// Requests in flight, every thread's.
+    fn in_flight(&self) -> u64 {
+        self.sum(|slot| &slot.in_flight)
+    }
+
+    fn sum(&self, counter: impl Fn(&Slot) -> &AtomicU64) -> u64 {
+        self.slots.iter().map(|s| counter(s).load(Relaxed)).sum()
     }
 }
 
 /// A request on its way to an endpoint: counted in flight there until dropped, at the end of
 /// its exchange.
 #[derive(Debug)]
-pub struct Served(Arc<Endpoint>);
+pub struct Served(Ticket);
 
 impl Served {
-    fn start(endpoint: &Arc<Endpoint>) -> Served {
-        endpoint.load.start();
-        Served(endpoint.clone())
+    fn start(endpoint: &Anchor) -> Served {
+        Served(endpoint.start())
     }
 
     /// The endpoint.
     pub fn endpoint(&self) -> &Endpoint {
-        &self.0
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.0.load.finish();
+        self.0.endpoint()
     }
 }
 
@@ -123,11 +159,11 @@ pub struct Endpoints {
     /// How to talk to them.
     pub protocol: Protocol,
     /// The endpoints: in the configured order for a list, by address for a Service.
-    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    endpoints: ArcSwap<Vec<Arc<Anchor>>>,
     /// How many there are, for the request path's questions that need no more than that.
     count: AtomicUsize,
     /// Weighted failures excused as a pod's own while the pod is not yet ejected: not yet
-    /// evidence either way.
+    /// evidence either way. Written on failures only.
     held: AtomicU64,
 }
 
@@ -171,7 +207,7 @@ impl Endpoints {
     }
 
     /// Endpoints at `addrs`, reusing those of `previous` at the same addresses.
-    fn build(&self, addrs: &[UpstreamAddr], previous: Option<&Endpoints>) -> Vec<Arc<Endpoint>> {
+    fn build(&self, addrs: &[UpstreamAddr], previous: Option<&Endpoints>) -> Vec<Arc<Anchor>> {
         let previous = previous.map(|p| p.endpoints.load_full());
         addrs
             .iter()
@@ -180,7 +216,10 @@ impl Endpoints {
                     .as_ref()
                     .and_then(|p| p.iter().find(|e| &e.upstream.addr == addr).cloned())
                     .unwrap_or_else(|| {
-                        Arc::new(Endpoint::new(Upstream::new(addr.clone(), self.protocol)))
+                        Arc::new(Anchor::new(Endpoint::new(Upstream::new(
+                            addr.clone(),
+                            self.protocol,
+                        ))))
                     })
             })
             .collect()
@@ -214,14 +253,14 @@ impl Endpoints {
                 tried |= 1 << index;
                 (Served::start(&endpoints[index]), endpoints.len())
             };
-            match served.0.upstream.send(req, timeouts).await {
+            match served.endpoint().upstream.send(req, timeouts).await {
                 Ok((response, lease)) => return Ok((response, lease, served)),
                 Err(Failure {
                     fault: Fault::Upstream(kind @ (ErrorKind::Connect | ErrorKind::Timeout)),
                     error,
                     request: Some(unsent),
                 }) if attempt < CONNECT_ATTEMPTS.min(n) => {
-                    tracing::debug!(endpoint = %served.0.upstream.addr, %error, ?kind, "could not connect, trying another endpoint");
+                    tracing::debug!(endpoint = %served.endpoint().upstream.addr, %error, ?kind, "could not connect, trying another endpoint");
                     self.record(&served, true);
                     req = unsent;
                 }
@@ -253,7 +292,7 @@ impl Endpoints {
         if let Some(latency) = latency
             && self.count.load(Relaxed) > 1
         {
-            served.0.load.observe(latency.as_nanos() as u64, now());
+            (served.endpoint().slot().load).observe(latency.as_nanos() as u64, now());
         }
         let (excused, ejected) = self.record(served, failed);
         if !failed {
@@ -262,30 +301,42 @@ impl Endpoints {
         let current = u64::from(weighted);
         match (excused, ejected) {
             (true, false) => {
-                self.held.fetch_add(current, Relaxed);
+                if weighted {
+                    self.held.fetch_add(1, Relaxed);
+                }
                 Attribution::default()
             }
             (true, true) => Attribution {
                 version: 0,
-                pod: self.held.swap(0, Relaxed) + current,
+                pod: self.release_held() + current,
             },
             (false, _) => Attribution {
-                version: self.held.swap(0, Relaxed) + current,
+                version: self.release_held() + current,
                 pod: 0,
             },
         }
     }
 
+    /// Takes the held failures, writing the shared word only when there are some: a version
+    /// failing everywhere holds none, and its failures should not all write it.
+    fn release_held(&self) -> u64 {
+        if self.held.load(Relaxed) == 0 {
+            return 0;
+        }
+        self.held.swap(0, Relaxed)
+    }
+
     /// Counts one outcome of `served` for ejection; for a failure, returns whether it is
     /// excused as the endpoint's own and whether it ejected the endpoint.
     fn record(&self, served: &Served, failed: bool) -> (bool, bool) {
-        let endpoint = &served.0;
-        endpoint.requests.fetch_add(1, Relaxed);
+        let endpoint = served.endpoint();
+        let slot = endpoint.slot();
+        slot.requests.fetch_add(1, Relaxed);
         let streak = endpoint.outlier.record(failed);
         if !failed {
             return (false, false);
         }
-        endpoint.failures.fetch_add(1, Relaxed);
+        slot.failures.fetch_add(1, Relaxed);
         let now = now();
         let endpoints = self.endpoints.load();
         let n = endpoints.len();
@@ -301,17 +352,14 @@ impl Endpoints {
                 ejected = true;
             }
         }
-        let well = endpoints
-            .iter()
-            .filter(|e| e.outlier.streak() == 0 && e.requests.load(Relaxed) > 0)
-            .count();
+        let well = endpoints.iter().filter(|e| e.outlier.well()).count();
         (outlier::excused(streak, n, well), ejected)
     }
 
     /// Starts a request at the first endpoint, without the balancer's choice or a connection:
     /// what the accounting benchmark feeds [`outcome`](Endpoints::outcome) with.
     pub fn serve_first(&self) -> Option<Served> {
-        self.endpoints.load().first().map(Served::start)
+        self.endpoints.load().first().map(|e| Served::start(e))
     }
 
     /// Each endpoint's state, in the configured order.
@@ -323,9 +371,9 @@ impl Endpoints {
             .map(|e| EndpointStatus {
                 address: e.upstream.addr.to_string(),
                 state: e.outlier.state(now),
-                in_flight: e.load.in_flight(),
-                requests: e.requests.load(Relaxed),
-                failures: e.failures.load(Relaxed),
+                in_flight: e.in_flight(),
+                requests: e.sum(|slot| &slot.requests),
+                failures: e.sum(|slot| &slot.failures),
                 consecutive_failures: e.outlier.streak(),
                 ejections: e.outlier.ejected_total(),
             })
@@ -343,20 +391,22 @@ impl Endpoints {
 /// `tried` (a bit per index), the cheaper one more often the cheaper it is (see
 /// [`prefer_first`]); with none available, the cheapest not tried, so that a color whose every
 /// endpoint is out still gets its requests tried. `None` when there is no endpoint to try.
-fn pick(endpoints: &[Arc<Endpoint>], tried: u64, now: u64) -> Option<usize> {
+fn pick(endpoints: &[Arc<Anchor>], tried: u64, now: u64) -> Option<usize> {
     let n = endpoints.len();
     let untried = |i: usize| tried & (1 << i) == 0;
     let usable = |i: usize| {
         let e = &endpoints[i];
-        untried(i) && e.outlier.available(now, e.load.in_flight())
+        untried(i) && e.outlier.available(now, || e.in_flight())
     };
     if n < 2 {
         return (n == 1 && untried(0)).then_some(0);
     }
+    // This thread's view of the loads (see `balance`): it reads no line another worker writes.
+    let shard = shard::index();
     let (a, b) = two_of(n, random());
     let chosen = match (usable(a), usable(b)) {
         (true, true) => {
-            let (cost_a, cost_b) = (endpoints[a].load.cost(now), endpoints[b].load.cost(now));
+            let (cost_a, cost_b) = (endpoints[a].cost(shard, now), endpoints[b].cost(shard, now));
             Some(if prefer_first(cost_a, cost_b, random()) {
                 a
             } else {
@@ -368,19 +418,20 @@ fn pick(endpoints: &[Arc<Endpoint>], tried: u64, now: u64) -> Option<usize> {
         (false, false) => None,
     };
     chosen
-        .or_else(|| cheapest(endpoints, usable, now))
-        .or_else(|| cheapest(endpoints, untried, now))
+        .or_else(|| cheapest(endpoints, usable, shard, now))
+        .or_else(|| cheapest(endpoints, untried, shard, now))
 }
 
 fn cheapest(
-    endpoints: &[Arc<Endpoint>],
+    endpoints: &[Arc<Anchor>],
     allowed: impl Fn(usize) -> bool,
+    shard: usize,
     now: u64,
 ) -> Option<usize> {
     (0..endpoints.len())
         .filter(|&i| allowed(i))
         .min_by(|&a, &b| {
-            let cost = |i: usize| endpoints[i].load.cost(now);
+            let cost = |i: usize| endpoints[i].cost(shard, now);
             cost(a).total_cmp(&cost(b))
         })
 }

@@ -16,7 +16,7 @@
 //! Failures count as failures do for the rollback verdict (`rollback.failure-statuses`, no
 //! response, a broken body). Times are nanoseconds on a clock the caller passes in.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Failures in a row that eject an endpoint (Envoy's `consecutive_5xx` default).
@@ -28,11 +28,14 @@ pub const BASE_EJECTION: Duration = Duration::from_secs(10);
 /// The longest ejection.
 pub const MAX_EJECTION: Duration = Duration::from_secs(300);
 
-/// One endpoint's health as its outcomes tell it.
+/// One endpoint's health as its outcomes tell it. Shared by every worker, and written only when
+/// it changes: a healthy endpoint's outcomes only read it.
 #[derive(Debug, Default)]
 pub struct Outlier {
     /// Failures in a row; 0 after a success.
     streak: AtomicU32,
+    /// Whether it has had an outcome yet.
+    answered: AtomicBool,
     /// Until when it is ejected; 0 while it is not, and once a probe has succeeded.
     ejected_until: AtomicU64,
     /// Ejections since its last success: the backoff doubles with each.
@@ -63,18 +66,24 @@ impl Outlier {
         }
     }
 
-    /// Whether a request may go to it at `now`, with `in_flight` requests already there.
-    pub fn available(&self, now: u64, in_flight: u64) -> bool {
+    /// Whether a request may go to it at `now`, with `in_flight` requests already there (asked
+    /// only while it is probed: summing every thread's count is not for every request).
+    pub fn available(&self, now: u64, in_flight: impl FnOnce() -> u64) -> bool {
         match self.state(now) {
             State::Ready => true,
             State::Ejected => false,
-            State::Probing => in_flight == 0,
+            State::Probing => in_flight() == 0,
         }
     }
 
     /// Failures in a row.
     pub fn streak(&self) -> u32 {
         self.streak.load(Relaxed)
+    }
+
+    /// Whether its latest request was answered well (it has had one, and no failure since).
+    pub fn well(&self) -> bool {
+        self.streak() == 0 && self.answered.load(Relaxed)
     }
 
     /// Ejections ever.
@@ -84,6 +93,9 @@ impl Outlier {
 
     /// Takes in one outcome; returns the failures in a row after it.
     pub fn record(&self, failed: bool) -> u32 {
+        if !self.answered.load(Relaxed) {
+            self.answered.store(true, Relaxed);
+        }
         if failed {
             return self.streak.fetch_add(1, Relaxed) + 1;
         }
@@ -146,11 +158,11 @@ mod tests {
         assert!(o.due(0));
         o.eject(0);
         assert_eq!(o.state(9 * S), State::Ejected);
-        assert!(!o.available(9 * S, 0));
+        assert!(!o.available(9 * S, || 0));
         // Probing: one request at a time.
         assert_eq!(o.state(10 * S), State::Probing);
-        assert!(o.available(10 * S, 0));
-        assert!(!o.available(10 * S, 1));
+        assert!(o.available(10 * S, || 0));
+        assert!(!o.available(10 * S, || 1));
         // The probe fails: ejected again for twice as long.
         o.record(true);
         assert!(o.due(10 * S));
@@ -175,6 +187,42 @@ mod tests {
             o.record(i % 4 != 0);
         }
         assert!(!o.due(0));
+    }
+
+    #[test]
+    fn well_once_answered_and_until_a_failure() {
+        let o = Outlier::default();
+        assert!(!o.well(), "no request yet");
+        o.record(false);
+        assert!(o.well());
+        o.record(true);
+        assert!(!o.well());
+        o.record(false);
+        assert!(o.well());
+    }
+
+    #[test]
+    fn the_streak_is_kept_across_threads_and_a_success_resets_it() {
+        let o = Outlier::default();
+        // Failures from several threads at once all count toward the streak.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1_000 {
+                        o.record(true);
+                    }
+                });
+            }
+        });
+        assert_eq!(o.streak(), 4_000);
+        assert!(o.due(0));
+        // A success on another thread breaks it.
+        std::thread::scope(|s| {
+            s.spawn(|| o.record(false));
+        });
+        assert_eq!(o.streak(), 0);
+        assert!(!o.due(0));
+        assert_eq!(o.record(true), 1);
     }
 
     #[test]

@@ -204,3 +204,106 @@ fn a_service_starts_empty_and_follows_its_updates() {
     let next = Endpoints::new(&other, Protocol::Http1, Some(&set));
     assert_eq!(counts(&next), (0, 0));
 }
+
+#[test]
+fn counts_from_every_thread_are_summed() {
+    let set = endpoints(2);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let set = &set;
+            s.spawn(move || {
+                for i in 0..1_000 {
+                    // One failure in ten, never five in a row: no ejection.
+                    let failed = (i + t) % 10 == 0;
+                    set.outcome(&served(set, 0), failed, None, false);
+                }
+            });
+        }
+    });
+    let status = set.status();
+    assert_eq!((status[0].requests, status[0].failures), (4_000, 400));
+    assert_eq!(status[0].state, State::Ready);
+    assert_eq!((status[1].requests, status[0].in_flight), (0, 0));
+}
+
+#[test]
+fn requests_in_flight_are_summed_over_threads_wherever_they_end() {
+    let set = endpoints(1);
+    let out: Vec<Served> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..3).map(|_| s.spawn(|| served(&set, 0))).collect();
+        started.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(set.status()[0].in_flight, 3);
+    drop(out);
+    assert_eq!(set.status()[0].in_flight, 0);
+}
+
+/// Something that lives exactly as long as the endpoint at index `i`.
+fn witness(set: &Endpoints, i: usize) -> std::sync::Weak<std::sync::atomic::AtomicBool> {
+    Arc::downgrade(&set.endpoints.load()[i].upstream.retired)
+}
+
+#[test]
+fn an_endpoint_that_leaves_lives_until_its_last_request_is_over() {
+    let set = endpoints(2);
+    let alive = witness(&set, 0);
+    let here = served(&set, 0);
+    let there = std::thread::scope(|s| s.spawn(|| served(&set, 0)).join().unwrap());
+    set.update(&[addr(1)]);
+    assert!(alive.upgrade().is_some(), "two requests still there");
+    assert_eq!(here.endpoint().upstream.addr, addr(0));
+    std::thread::scope(|s| {
+        s.spawn(move || drop(there));
+    });
+    assert!(alive.upgrade().is_some(), "one request still there");
+    set.outcome(&here, false, Some(Duration::from_millis(1)), true);
+    drop(here);
+    assert!(alive.upgrade().is_none(), "freed with its last request");
+}
+
+#[test]
+fn an_endpoint_that_leaves_idle_is_freed_at_once() {
+    let set = endpoints(2);
+    let (gone, kept) = (witness(&set, 0), witness(&set, 1));
+    drop(served(&set, 0));
+    set.update(&[addr(1)]);
+    assert!(gone.upgrade().is_none());
+    assert!(kept.upgrade().is_some());
+    drop(set);
+    assert!(kept.upgrade().is_none());
+}
+
+#[test]
+fn endpoints_that_come_and_go_under_load_are_freed_once_their_requests_are_over() {
+    let set = endpoints(4);
+    let witnesses: Vec<_> = (0..4).map(|i| witness(&set, i)).collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut held = Vec::new();
+                while !stop.load(Relaxed) {
+                    let endpoints = set.endpoints.load();
+                    if let Some(i) = pick(&endpoints, 0, now()) {
+                        held.push(Served::start(&endpoints[i]));
+                    }
+                    drop(endpoints);
+                    // Requests end in another order than they started.
+                    if held.len() > 8 {
+                        let last = held.swap_remove(0);
+                        set.outcome(&last, false, Some(Duration::from_micros(50)), true);
+                    }
+                }
+            });
+        }
+        for round in 0..2_000 {
+            let first = round % 3;
+            set.update(&[addr(first), addr(first + 1), addr(first + 2)]);
+        }
+        stop.store(true, Relaxed);
+    });
+    set.update(&[]);
+    for (i, w) in witnesses.iter().enumerate() {
+        assert!(w.upgrade().is_none(), "endpoint {i} outlived its requests");
+    }
+}
