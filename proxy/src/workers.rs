@@ -1,11 +1,14 @@
 //! The data plane's workers, shaped like NGINX's worker processes: one OS thread per worker,
-//! each running its own current-thread tokio runtime and accepting from its own copy of the
-//! data listener. A connection, and every task it spawns (its upstream connections, its
-//! tunnels), stays on the worker that accepted it: no work stealing, no wake-ups across
-//! threads, and the per-thread upstream pools serve every request of their worker.
+//! each running its own current-thread tokio runtime and accepting from its own listening
+//! socket at the data address. A connection, and every task it spawns (its upstream
+//! connections, its tunnels), stays on the worker that accepted it: no work stealing, no
+//! wake-ups across threads, and the per-thread upstream pools serve every request of their
+//! worker.
 //!
 //! The control plane (configuration source, admin listener, judge timer, signals) is not
-//! here: it runs on the caller's runtime and tells the workers when to stop.
+//! here: it runs on the caller's runtime, so that a large `/metrics` or a Kubernetes watch
+//! event never delays one worker's connections (the kernel gives every worker the same share
+//! of them), and it tells the workers when to stop.
 
 use std::io;
 use std::net::SocketAddr;
@@ -66,6 +69,9 @@ pub struct Bound {
 /// worker's event loop woke first (measured: every connection of a 16-connection load on one
 /// of two workers); with a socket each, the kernel's hash of each connection's addresses
 /// picks the worker. When `addr` asks for port 0, the others bind the port the first got.
+/// The price: another process of the same user that also sets `SO_REUSEPORT` could bind the
+/// same address and take a share (not possible across pods, each in its own network
+/// namespace).
 pub fn bind(addr: SocketAddr, count: usize) -> Result<Bound, WorkerError> {
     let mut workers = Vec::new();
     let mut bound = addr;
@@ -122,9 +128,6 @@ impl Bound {
                 .name(format!("worker-{index}"))
                 .spawn(move || {
                     let _report = Reporter { index, exits };
-                    // Declared after the reporter so that it is dropped first: the worker's
-                    // remaining tasks are gone by the time its end is reported.
-                    let rt = rt;
                     let stopped = async move {
                         let _ = stopping.wait_for(|stop| *stop).await;
                     };
@@ -137,6 +140,9 @@ impl Bound {
                         serving.drain_timeout,
                     );
                     rt.block_on(serve.instrument(tracing::info_span!("worker", index)));
+                    // The worker's remaining tasks (idle upstream connections) go before its
+                    // end is reported.
+                    drop(rt);
                 })
                 .map_err(|source| WorkerError::Start { index, source })?;
         }
@@ -214,5 +220,23 @@ impl Workers {
             Some(index) => Err(WorkerError::Panicked { index }),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_worker_listens_on_the_port_the_first_got() {
+        let bound = bind(SocketAddr::from(([127, 0, 0, 1], 0)), 3).unwrap();
+        let addr = bound.local_addr();
+        assert_ne!(addr.port(), 0);
+        assert_eq!(bound.workers.len(), 3);
+        for (_, listener) in &bound.workers {
+            assert_eq!(listener.local_addr().unwrap(), addr);
+        }
+        // A socket without SO_REUSEPORT cannot join them.
+        assert!(std::net::TcpListener::bind(addr).is_err());
     }
 }
