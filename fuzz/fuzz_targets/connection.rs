@@ -92,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
     let (runtime, builder) = &*PROXY;
     RT.block_on(async {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let (_shutdown, drain) = shutdown_pair();
+        let (_shutdown, drain) = shutdown_pair(Default::default());
         let conn = ClientConn::new(
             runtime.clone(),
             "127.0.0.1:9".parse().unwrap(),

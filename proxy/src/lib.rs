@@ -25,6 +25,7 @@
 //!   counters over per-thread shards.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`, `/evidence` and the `/` page.
 //! - [`fleet`]: with `--fleet`, the evidence a replica serves and the fleet judge's verdict.
+//! - [`workers`]: the data plane's worker threads, one current-thread runtime each.
 
 #![warn(missing_docs)]
 
@@ -46,3 +47,4 @@ pub mod runtime;
 pub mod shard;
 pub mod tls;
 pub mod upstream;
+pub mod workers;

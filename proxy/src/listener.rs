@@ -95,13 +95,10 @@ pub struct Shutdown {
     phase: watch::Sender<Phase>,
 }
 
-/// A new shutdown controller and the first handle to it.
-pub fn shutdown_pair() -> (Shutdown, Drain) {
+/// A new shutdown controller and the first handle to it, counting open tunnels in `tunnels`.
+pub fn shutdown_pair(tunnels: Arc<AtomicUsize>) -> (Shutdown, Drain) {
     let (phase, rx) = watch::channel(Phase::Serving);
-    let drain = Drain {
-        phase: rx,
-        tunnels: Arc::new(AtomicUsize::new(0)),
-    };
+    let drain = Drain { phase: rx, tunnels };
     (Shutdown { phase }, drain)
 }
 
@@ -275,7 +272,7 @@ pub async fn serve(
     drain_timeout: Duration,
 ) {
     let base = http_builder(limits);
-    let (controller, drain) = shutdown_pair();
+    let (controller, drain) = shutdown_pair(runtime.tunnels());
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {

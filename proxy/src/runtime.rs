@@ -2,7 +2,7 @@
 //! and the two ways the table changes: a new configuration, or a rollback.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -73,6 +73,9 @@ pub struct Runtime {
     pub process: String,
     /// With `--fleet`, this replica's part in the fleet; set once before serving.
     fleet: OnceLock<Fleet>,
+    /// Upgraded tunnels open now on every worker, for `limit.tunnels` (written only when a
+    /// tunnel opens or closes).
+    tunnels: Arc<AtomicUsize>,
 }
 
 impl Runtime {
@@ -92,7 +95,14 @@ impl Runtime {
             source_state: ArcSwap::from_pointee("reading the configuration".to_owned()),
             process: format!("{:016x}", rand::random::<u64>()),
             fleet: OnceLock::new(),
+            tunnels: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// The count of open tunnels that every worker's listener shares, so that
+    /// `limit.tunnels` caps the process, not each worker.
+    pub fn tunnels(&self) -> Arc<AtomicUsize> {
+        self.tunnels.clone()
     }
 
     /// Makes this replica one of a fleet: from now on its own judge keeps only the streak rule

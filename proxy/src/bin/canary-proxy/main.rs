@@ -14,10 +14,11 @@ use tracing::{error, info};
 
 use canary_proxy::admin;
 use canary_proxy::config::{parse_duration, watch as config_watch};
-use canary_proxy::listener::{self, Limits};
+use canary_proxy::listener::Limits;
 use canary_proxy::metrics::Metrics;
 use canary_proxy::runtime::Runtime;
 use canary_proxy::tls::Certificates;
+use canary_proxy::workers::{self, Serving};
 
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
@@ -64,7 +65,9 @@ struct Args {
     /// Log format.
     #[arg(long, env = "CANARY_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Worker threads; 1 runs everything on one thread. Default: one per core.
+    /// Data-plane worker threads, each with its own event loop and its share of the
+    /// connections, as NGINX's worker processes; the control plane has a thread of its own.
+    /// Default: one per core.
     #[arg(long, env = "CANARY_PROXY_WORKERS")]
     workers: Option<usize>,
     /// Judge rollbacks and the step plan on the whole fleet's evidence, as NAMESPACE/SERVICE:
@@ -83,7 +86,11 @@ enum LogFormat {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
-    let result = tokio_runtime(args.workers)
+    // This thread runs the control plane (config source, admin listener, judge timer,
+    // signals); the data plane runs on the workers' own threads (see `workers`).
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .context("cannot start the async runtime")
         .and_then(|rt| rt.block_on(run(args)));
     match result {
@@ -106,21 +113,6 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
-    }
-}
-
-fn tokio_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let workers =
-        workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
     }
 }
 
@@ -169,7 +161,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         runtime.clone(),
         stopped(stop_rx.clone()),
     ));
-    let data = bind(args.listen, "data").await?;
+    let count = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
+    let data = workers::bind(args.listen, count).context("data listener")?;
+    info!(listener = "data", addr = %data.local_addr(), workers = count, "listening");
     let admin_listener = bind(args.admin_listen, "admin").await?;
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -181,26 +178,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         certs.acceptor()
     });
 
-    let shutdown = {
-        let runtime = runtime.clone();
-        async move {
-            wait_for_signal().await;
-            info!("shutdown signal received: readiness off, draining");
-            runtime.start_draining();
-        }
-    };
-    listener::serve(
-        data,
+    let serving = Serving {
         tls,
-        runtime.clone(),
-        Limits::default(),
-        shutdown,
-        args.drain_timeout,
-    )
-    .await;
+        runtime: runtime.clone(),
+        limits: Limits::default(),
+        drain_timeout: args.drain_timeout,
+    };
+    let mut workers = data.serve(serving)?;
+    let failed = tokio::select! {
+        () = wait_for_signal() => {
+            info!("shutdown signal received: readiness off, draining");
+            None
+        }
+        index = workers.exited() => index,
+    };
+    runtime.start_draining();
+    workers.stop();
+    let joined = workers.join().await;
 
     let _ = stop_tx.send(true);
     let _ = tokio::join!(admin_task, source_task, judge_task);
+    joined?;
+    if let Some(index) = failed {
+        bail!("worker {index} stopped before shutdown");
+    }
     info!("stopped");
     Ok(())
 }
