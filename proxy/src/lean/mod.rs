@@ -1,0 +1,212 @@
+//! The lean HTTP/1.1 path for plain-TCP clients: one task per connection reads a request
+//! head into a buffer, parses it once with `httparse` into spans, routes on those spans,
+//! forwards the head by copying them, and streams the response back with its framing checked;
+//! then the next request (keep-alive, pipelining). No `http::Request`, no `HeaderMap`, no
+//! allocation per request: the buffers are the connection's while it has a request, and go
+//! back to a per-thread free list while it is idle, so an idle connection holds no buffer.
+//!
+//! Only the common case is served here (see [`request::Head::parse`]): an HTTP/1.1 bodiless
+//! request in origin form with no upgrade, expectation or unusual hop-by-hop field, to a
+//! color spoken to over HTTP/1.1. Anything else is handed to hyper, with the bytes read so
+//! far, for the rest of the connection: nothing has been written for that request yet, so
+//! hyper answers it exactly as the hyper path always does.
+//!
+//! Routing ([`RouteTable::choose_by`](crate::route::RouteTable::choose_by)), the endpoint
+//! choice and outlier ejection ([`Endpoints`](crate::upstream::endpoints::Endpoints)) and the
+//! accounting ([`Runtime::account`](crate::runtime::Runtime)) are the hyper path's own.
+
+mod chunked;
+mod exchange;
+mod pool;
+mod request;
+mod response;
+mod rewind;
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::listener::{ClientConn, Limits, Phase, serve_hyper};
+pub use chunked::{ChunkError, Chunked};
+use request::{Head, Parsed};
+pub use rewind::Rewind;
+
+/// Which HTTP/1.1 server serves plain-TCP client connections (`--http1`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Http1 {
+    /// The lean path, falling back to hyper per connection for anything unusual.
+    #[default]
+    Lean,
+    /// hyper for every connection.
+    Hyper,
+}
+
+/// An `--http1` value that is neither `lean` nor `hyper`.
+#[derive(Debug, thiserror::Error)]
+#[error("expected `lean` or `hyper`, got `{0}`")]
+pub struct UnknownHttp1(String);
+
+impl FromStr for Http1 {
+    type Err = UnknownHttp1;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "lean" => Ok(Http1::Lean),
+            "hyper" => Ok(Http1::Hyper),
+            other => Err(UnknownHttp1(other.to_owned())),
+        }
+    }
+}
+
+/// A client transport the lean path can serve.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits until the client has sent something (or closed), without a buffer held
+    /// meanwhile.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl ClientIo for TcpStream {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+}
+
+impl ClientIo for tokio::io::DuplexStream {
+    /// An in-memory pipe (the fuzz target's): read at once, holding the buffer.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Buffers of a connection while it has a request in hand.
+#[derive(Default)]
+struct Work {
+    /// Bytes from the client: the request head, then whatever follows it.
+    client: Vec<u8>,
+    /// The parsed request head.
+    head: Head,
+    /// A head being written: the request's for the upstream, then the response's.
+    out: Vec<u8>,
+    /// Bytes from the upstream.
+    upstream: Vec<u8>,
+}
+
+/// Free buffers kept per thread, at most.
+const MAX_FREE: usize = 64;
+/// The first read of a request head takes this much room.
+const HEAD_ROOM: usize = 4 * 1024;
+
+thread_local! {
+    /// Buffers of connections gone idle, for the next that gets a request.
+    static FREE: RefCell<Vec<Work>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_work() -> Work {
+    FREE.with_borrow_mut(Vec::pop).unwrap_or_default()
+}
+
+fn give_back(mut work: Work) {
+    work.client.clear();
+    FREE.with_borrow_mut(|free| {
+        if free.len() < MAX_FREE {
+            free.push(work);
+        }
+    });
+}
+
+/// Serves one plain client connection on the lean path until it closes, hands it to hyper
+/// (`base` with `limits`, idle connections kept for `idle`), or shutdown closes it.
+pub async fn serve<T: ClientIo>(
+    mut io: T,
+    conn: Arc<ClientConn>,
+    base: Arc<auto::Builder<TokioExecutor>>,
+    limits: Limits,
+    idle: Duration,
+) {
+    let mut drain = conn.drain.clone();
+    let mut work: Option<Work> = None;
+    // Until the first request, a connection gets the header timeout, as on the hyper path.
+    let mut wait = limits.header_read_timeout;
+    loop {
+        if conn.drain.phase() != Phase::Serving {
+            break;
+        }
+        if work.as_ref().is_none_or(|w| w.client.is_empty()) {
+            if let Some(done) = work.take() {
+                give_back(done);
+            }
+            tokio::select! {
+                ready = tokio::time::timeout(wait, io.readable()) => match ready {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                },
+                _ = drain.changed() => break,
+            }
+        }
+        wait = idle;
+        let w = work.get_or_insert_with(take_work);
+        let Some(table) = (*conn.runtime.routes()).clone() else {
+            // No configuration yet: hyper's path answers 503.
+            return fallback(io, w, conn, base, limits, idle).await;
+        };
+        let trusted = table.config.client.trusts(conn.peer.ip());
+        let h2c = table.config.protocols.contains(&crate::config::Protocol::H2c);
+        let head_deadline = Instant::now() + limits.header_read_timeout;
+        loop {
+            let parsed = if h2c {
+                Parsed::Fallback
+            } else {
+                w.head.parse(&w.client, trusted)
+            };
+            match parsed {
+                Parsed::Lean if w.head.len <= limits.max_header_bytes => break,
+                Parsed::Partial if w.client.len() < limits.max_header_bytes => {}
+                _ => return fallback(io, w, conn, base, limits, idle).await,
+            }
+            if w.client.capacity() - w.client.len() < HEAD_ROOM / 2 {
+                w.client.reserve(HEAD_ROOM);
+            }
+            match tokio::time::timeout_at(head_deadline, io.read_buf(&mut w.client)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed or broken mid-head, or too slow (slowloris): closed unanswered, as
+                // hyper does.
+                _ => return,
+            }
+        }
+        let exchange = exchange::run(&mut io, &conn, &table, w);
+        let keep = tokio::select! {
+            keep = exchange => keep,
+            () = drain.closing() => false,
+        };
+        if !keep {
+            break;
+        }
+        let used = w.head.len;
+        w.client.drain(..used);
+    }
+    if let Some(done) = work {
+        give_back(done);
+    }
+}
+
+/// Hands the connection to hyper with what has been read of it.
+async fn fallback<T: ClientIo>(
+    io: T,
+    work: &mut Work,
+    conn: Arc<ClientConn>,
+    base: Arc<auto::Builder<TokioExecutor>>,
+    limits: Limits,
+    idle: Duration,
+) {
+    let read = std::mem::take(&mut work.client);
+    serve_hyper(Rewind::new(read, io), conn, (*base).clone(), limits, idle).await;
+}
