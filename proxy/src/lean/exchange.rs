@@ -8,7 +8,7 @@
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,7 +20,7 @@ use super::request::write_number;
 use super::response::{self, Framing, HeadError, Response};
 use super::{ClientIo, Work, pool};
 use crate::accounting::Outcome;
-use crate::body::Judged;
+use crate::body::{ClientFault, Judged};
 use crate::config::Timeouts;
 use crate::listener::{ClientConn, Phase};
 use crate::metrics::ErrorKind;
@@ -49,6 +49,8 @@ struct Missed {
     unsent: bool,
     /// The upstream answered 101 to a request that did not ask to switch.
     switched: bool,
+    /// The client broke its own request body: nothing to hold against the upstream.
+    client: Option<ClientFault>,
 }
 
 impl Missed {
@@ -58,8 +60,19 @@ impl Missed {
             served: Some(served),
             unsent: false,
             switched: false,
+            client: None,
         }
     }
+}
+
+/// Why sending a request failed.
+enum SendFailure {
+    /// The connection closed (or was reset) under the request.
+    ClosedEarly,
+    /// The upstream took no more of it for `timeout.request`.
+    Timeout,
+    /// The client's body stalled or broke.
+    Client(ClientFault),
 }
 
 /// Why reading a response head failed.
@@ -90,17 +103,27 @@ pub(super) async fn run<T: ClientIo>(
     let runtime = &conn.runtime;
     let mut choice = table.choose_by(&head.lookup(request));
     head.write_upstream(request, conn.client_value.as_bytes(), out);
+    let body_in_buf = (request.len() - head.len).min(head.body as usize);
+    let body = Body {
+        read: &request[head.len..head.len + body_in_buf],
+        left: head.body - body_in_buf as u64,
+        timeout: config.client.body_timeout,
+    };
     loop {
         let color = choice.color;
         let started = Instant::now();
         let endpoints = &table.upstreams[color.index()];
-        let missed = match send(endpoints, out, buf, head, config.timeouts).await {
+        let sent = send(client, endpoints, out, &body, buf, head, config.timeouts).await;
+        let missed = match sent {
             Ok(answer) => {
                 let latency = started.elapsed();
                 return respond(client, conn, table, choice, answer, latency, head.close, out, buf).await;
             }
             Err(missed) => missed,
         };
+        if let Some(fault) = missed.client {
+            return client_fault(client, out, fault).await;
+        }
         runtime.account(
             table,
             choice,
@@ -138,11 +161,21 @@ pub(super) async fn run<T: ClientIo>(
     }
 }
 
-/// Sends the request head `request` to an endpoint of `endpoints` and reads its response
-/// head into `buf`.
-async fn send(
+/// A request's body: what has been read of it, and what is still to come from the client.
+struct Body<'a> {
+    read: &'a [u8],
+    left: u64,
+    /// `timeout.client-body`.
+    timeout: Duration,
+}
+
+/// Sends the request head `request` and its `body` to an endpoint of `endpoints` and reads
+/// its response head into `buf`.
+async fn send<T: ClientIo>(
+    client: &mut T,
     endpoints: &Endpoints,
     request: &[u8],
+    body: &Body<'_>,
     buf: &mut Vec<u8>,
     head: &super::request::Head,
     timeouts: Timeouts,
@@ -157,6 +190,7 @@ async fn send(
                 served: None,
                 unsent: true,
                 switched: false,
+                client: None,
             });
         };
         let upstream = &served.endpoint().upstream;
@@ -179,11 +213,28 @@ async fn send(
                             served: Some(served),
                             unsent: true,
                             switched: false,
+                            client: None,
                         });
                     }
                 },
             };
-            let exchange = exchange_head(&mut stream, request, buf, head.head_method);
+            let sent = send_request(client, &mut stream, request, body, buf, timeouts.request);
+            match sent.await {
+                Ok(()) => {}
+                Err(SendFailure::ClosedEarly) if was_pooled && head.idempotent => {
+                    debug!(upstream = %upstream.addr, "pooled connection was closed, sending again");
+                    replayed = true;
+                    continue;
+                }
+                Err(SendFailure::ClosedEarly) => return Err(Missed::at(ErrorKind::Reset, served)),
+                Err(SendFailure::Timeout) => return Err(Missed::at(ErrorKind::Timeout, served)),
+                Err(SendFailure::Client(fault)) => {
+                    let mut missed = Missed::at(ErrorKind::Reset, served);
+                    missed.client = Some(fault);
+                    return Err(missed);
+                }
+            }
+            let exchange = read_head(&mut stream, buf, head.head_method);
             match tokio::time::timeout(timeouts.request, exchange).await {
                 Ok(Ok(response)) => {
                     return Ok(Answer {
@@ -208,18 +259,53 @@ async fn send(
     }
 }
 
-/// Writes `request` and reads the response head into `buf` (interim 1xx responses skipped).
-async fn exchange_head(
+/// Writes the request head and the body read so far in one system call, then the rest of
+/// the body as the client sends it (through `scratch`). Each write to the upstream may take
+/// `timeout.request`; time spent waiting for the client is the client's, under its own
+/// timeout.
+async fn send_request<T: ClientIo>(
+    client: &mut T,
     stream: &mut TcpStream,
     request: &[u8],
+    body: &Body<'_>,
+    scratch: &mut Vec<u8>,
+    limit: Duration,
+) -> Result<(), SendFailure> {
+    let first = write_two(stream, request, body.read);
+    match tokio::time::timeout(limit, first).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(SendFailure::ClosedEarly),
+        Err(_) => return Err(SendFailure::Timeout),
+    }
+    let mut left = body.left;
+    while left > 0 {
+        scratch.clear();
+        if scratch.capacity() < UPSTREAM_ROOM {
+            scratch.reserve(UPSTREAM_ROOM);
+        }
+        // Never past the body: what follows is the client's next request.
+        let mut limited = (&mut *client).take(left);
+        match tokio::time::timeout(body.timeout, limited.read_buf(scratch)).await {
+            Ok(Ok(n)) if n > 0 => left -= n as u64,
+            Ok(_) => return Err(SendFailure::Client(ClientFault::Malformed)),
+            Err(_) => return Err(SendFailure::Client(ClientFault::Idle)),
+        }
+        match tokio::time::timeout(limit, stream.write_all(scratch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(SendFailure::ClosedEarly),
+            Err(_) => return Err(SendFailure::Timeout),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the response head into `buf` (interim 1xx responses skipped).
+async fn read_head(
+    stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     head_method: bool,
 ) -> Result<Response, HeadFailure> {
     buf.clear();
-    stream
-        .write_all(request)
-        .await
-        .map_err(|_| HeadFailure::ClosedEarly)?;
     let mut answered = false;
     loop {
         if buf.capacity() - buf.len() < UPSTREAM_ROOM / 4 {
@@ -281,7 +367,7 @@ async fn respond<T: ClientIo>(
     table: &Arc<RouteTable>,
     choice: Choice,
     answer: Answer,
-    latency: std::time::Duration,
+    latency: Duration,
     client_close: bool,
     out: &mut Vec<u8>,
     buf: &mut Vec<u8>,
@@ -396,6 +482,24 @@ async fn respond<T: ClientIo>(
             }
         }
     }
+}
+
+/// Answers a client whose request body broke or stalled, and closes: the rest of the body
+/// would be read as the next request. Never counted against an upstream.
+pub(super) async fn client_fault<T: AsyncWrite + Unpin>(
+    client: &mut T,
+    out: &mut Vec<u8>,
+    fault: ClientFault,
+) -> bool {
+    let (status, text) = match fault {
+        ClientFault::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+        ClientFault::Idle => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time\n",
+        ),
+        ClientFault::Malformed => (StatusCode::BAD_REQUEST, "malformed request body\n"),
+    };
+    write_local(client, out, status, text, true).await
 }
 
 /// Writes a short plain-text answer of the proxy's own; whether the connection stays open.

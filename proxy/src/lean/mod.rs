@@ -5,9 +5,9 @@
 //! allocation per request: the buffers are the connection's while it has a request, and go
 //! back to a per-thread free list while it is idle, so an idle connection holds no buffer.
 //!
-//! Only the common case is served here (see [`request::Head::parse`]): an HTTP/1.1 bodiless
-//! request in origin form with no upgrade, expectation or unusual hop-by-hop field, to a
-//! color spoken to over HTTP/1.1. Anything else is handed to hyper, with the bytes read so
+//! Only the common case is served here (see [`request::Head::parse`]): an HTTP/1.1 request
+//! in origin form, without a body or with one `Content-Length`, with no upgrade, expectation,
+//! chunked body or unusual hop-by-hop field, to colors spoken to over HTTP/1.1. Anything else is handed to hyper, with the bytes read so
 //! far, for the rest of the connection: nothing has been written for that request yet, so
 //! hyper answers it exactly as the hyper path always does.
 //!
@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::body::ClientFault;
 use crate::listener::{ClientConn, Limits, Phase, serve_hyper};
 pub use chunked::{ChunkError, Chunked};
 use request::{Head, Parsed};
@@ -158,14 +159,15 @@ pub async fn serve<T: ClientIo>(
             // No configuration yet: hyper's path answers 503.
             return fallback(io, w, conn, base, limits, idle).await;
         };
-        let trusted = table.config.client.trusts(conn.peer.ip());
+        let policy = &table.config.client;
+        let trusted = policy.trusts(conn.peer.ip());
         let h2c = table.config.protocols.contains(&crate::config::Protocol::H2c);
         let head_deadline = Instant::now() + limits.header_read_timeout;
         loop {
             let parsed = if h2c {
                 Parsed::Fallback
             } else {
-                w.head.parse(&w.client, trusted)
+                w.head.parse(&w.client, trusted, policy.max_body)
             };
             match parsed {
                 Parsed::Lean if w.head.len <= limits.max_header_bytes => break,
@@ -182,6 +184,19 @@ pub async fn serve<T: ClientIo>(
                 _ => return,
             }
         }
+        if w.head.body > 0 && w.client.len() == w.head.len {
+            // The body's first bytes before anything goes upstream, as on the hyper path: a
+            // client that stalls costs no upstream anything.
+            let mut limited = (&mut io).take(w.head.body);
+            match tokio::time::timeout(policy.body_timeout, limited.read_buf(&mut w.client)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => break,
+                Err(_) => {
+                    exchange::client_fault(&mut io, &mut w.out, ClientFault::Idle).await;
+                    break;
+                }
+            }
+        }
         let exchange = exchange::run(&mut io, &conn, &table, w);
         let keep = tokio::select! {
             keep = exchange => keep,
@@ -190,8 +205,8 @@ pub async fn serve<T: ClientIo>(
         if !keep {
             break;
         }
-        let used = w.head.len;
-        w.client.drain(..used);
+        let body_read = (w.client.len() - w.head.len).min(w.head.body as usize);
+        w.client.drain(..w.head.len + body_read);
     }
     if let Some(done) = work {
         give_back(done);

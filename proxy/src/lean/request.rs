@@ -1,4 +1,4 @@
-//! The client's request head on the lean path: parsed once with `httparse` into spans of the
+//! The client's request head on the lean path (a body, if any, has a `Content-Length`): parsed once with `httparse` into spans of the
 //! connection's buffer, checked against the lean subset (anything else goes to hyper, which
 //! answers it as it always has), and written out for the upstream by copying those spans
 //! minus the hop-by-hop fields, plus `X-Forwarded-*` and `Via` as [`headers::to_upstream`]
@@ -76,6 +76,8 @@ pub struct Head {
     pub head_method: bool,
     /// Safe to send twice (GET, HEAD, OPTIONS, or with an `Idempotency-Key`; never a body).
     pub idempotent: bool,
+    /// Bytes of the body, from `Content-Length`.
+    pub body: u64,
 }
 
 /// What the bytes read so far make of a request.
@@ -94,8 +96,9 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl Head {
     /// Parses `buf` into `self`. `trusted`: the client's forwarding headers are believed
-    /// (those requests are left to hyper, which appends to them).
-    pub fn parse(&mut self, buf: &[u8], trusted: bool) -> Parsed {
+    /// (those requests are left to hyper, which appends to them); `max_body`: a body declared
+    /// larger is left to hyper, which refuses it.
+    pub fn parse(&mut self, buf: &[u8], trusted: bool, max_body: Option<u64>) -> Parsed {
         let preface = buf.len().min(H2_PREFACE.len());
         if preface > 0 && buf[..preface] == H2_PREFACE[..preface] {
             return Parsed::Fallback;
@@ -139,11 +142,15 @@ impl Head {
                 self.host = Span::of(buf, value);
                 Kind::Plain
             } else if is("content-length") {
-                // Bodiless requests only: a body is hyper's to stream.
                 lengths += 1;
-                if value != b"0" {
+                // Digits only: hyper refuses `+5`, an empty value and the like.
+                let Some(length) = digits(value) else {
+                    return Parsed::Fallback;
+                };
+                if max_body.is_some_and(|max| length > max) {
                     return Parsed::Fallback;
                 }
+                self.body = length;
                 Kind::Plain
             } else if is("connection") {
                 let value = value.trim_ascii();
@@ -194,6 +201,9 @@ impl Head {
         // several are joined by hyper's path), at most one Content-Length.
         if hosts != 1 || cookies > 1 || lengths > 1 {
             return Parsed::Fallback;
+        }
+        if self.body > 0 {
+            self.idempotent = false;
         }
         Parsed::Lean
     }
@@ -252,6 +262,14 @@ pub fn write_number(out: &mut Vec<u8>, value: u64) {
     let _ = write!(out, "{value}");
 }
 
+/// A `Content-Length` value: one decimal number, nothing else.
+fn digits(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 /// A request target byte that every HTTP/1.1 parser reads alike (visible ASCII other than
 /// the characters URIs never carry unescaped); others go to hyper's stricter parser.
 fn plain_target_byte(b: u8) -> bool {
@@ -289,7 +307,7 @@ mod tests {
 
     fn parse(raw: &str) -> (Head, Parsed) {
         let mut head = Head::default();
-        let parsed = head.parse(raw.as_bytes(), false);
+        let parsed = head.parse(raw.as_bytes(), false, Some(1024));
         (head, parsed)
     }
 
@@ -310,7 +328,9 @@ mod tests {
         for raw in [
             "GET / HTTP/1.0\r\nHost: a\r\n\r\n",
             "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2048\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
@@ -332,8 +352,11 @@ mod tests {
         assert_eq!(parse(&big).1, Parsed::Fallback);
         let mut head = Head::default();
         let forwarded = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n";
-        assert_eq!(head.parse(forwarded, true), Parsed::Fallback);
-        assert_eq!(head.parse(forwarded, false), Parsed::Lean);
+        assert_eq!(head.parse(forwarded, true, None), Parsed::Fallback);
+        assert_eq!(head.parse(forwarded, false, None), Parsed::Lean);
+        let post = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(head.parse(post, false, None), Parsed::Lean);
+        assert!(head.body == 5 && !head.idempotent);
     }
 
     #[test]
