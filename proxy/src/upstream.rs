@@ -166,7 +166,9 @@ impl Upstream {
         &self,
         timeout: Duration,
     ) -> Result<TcpStream, (ErrorKind, String)> {
-        self.dial(timeout).await.map_err(|ConnectError(kind, text)| (kind, text))
+        self.dial(timeout)
+            .await
+            .map_err(|ConnectError(kind, text)| (kind, text))
     }
 
     /// The key its pooled connections are kept under: the same upstream across reloads.

@@ -274,7 +274,12 @@ mod tests {
             (b"0\r\nx: \x001\r\n\r\n", ChunkError::Byte),
             (b"0\r\n\rX", ChunkError::LineEnd),
         ] {
-            assert_eq!(run(body, 1), Err(error), "{:?}", String::from_utf8_lossy(body));
+            assert_eq!(
+                run(body, 1),
+                Err(error),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
             assert_eq!(run(body, 64), Err(error));
         }
         let long = [b"1;".as_slice(), &[b'a'; MAX_EXTENSION + 1]].concat();

@@ -117,7 +117,10 @@ pub(super) async fn run<T: ClientIo>(
         let missed = match sent {
             Ok(answer) => {
                 let latency = started.elapsed();
-                return respond(client, conn, table, choice, answer, latency, head.close, out, buf).await;
+                return respond(
+                    client, conn, table, choice, answer, latency, head.close, out, buf,
+                )
+                .await;
             }
             Err(missed) => missed,
         };
@@ -392,9 +395,8 @@ async fn respond<T: ClientIo>(
                 .account(table, choice, Some(&served), outcome, latency);
         }
     };
-    let close = client_close
-        || conn.drain.phase() != Phase::Serving
-        || response.framing == Framing::Close;
+    let close =
+        client_close || conn.drain.phase() != Phase::Serving || response.framing == Framing::Close;
     let color = config
         .response_color_header
         .as_ref()
@@ -525,14 +527,19 @@ async fn write_local<T: AsyncWrite + Unpin>(
 }
 
 /// Writes `a` then `b`, in one system call when the transport allows.
-async fn write_two<T: AsyncWrite + Unpin>(io: &mut T, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+async fn write_two<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    mut a: &[u8],
+    mut b: &[u8],
+) -> io::Result<()> {
     while !a.is_empty() || !b.is_empty() {
         let n = if a.is_empty() {
             io.write(b).await?
         } else if b.is_empty() {
             io.write(a).await?
         } else {
-            io.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]).await?
+            io.write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+                .await?
         };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());

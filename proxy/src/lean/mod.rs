@@ -161,7 +161,10 @@ pub async fn serve<T: ClientIo>(
         };
         let policy = &table.config.client;
         let trusted = policy.trusts(conn.peer.ip());
-        let h2c = table.config.protocols.contains(&crate::config::Protocol::H2c);
+        let h2c = table
+            .config
+            .protocols
+            .contains(&crate::config::Protocol::H2c);
         let head_deadline = Instant::now() + limits.header_read_timeout;
         loop {
             let parsed = if h2c {

@@ -273,7 +273,11 @@ fn digits(value: &[u8]) -> Option<u64> {
 /// A request target byte that every HTTP/1.1 parser reads alike (visible ASCII other than
 /// the characters URIs never carry unescaped); others go to hyper's stricter parser.
 fn plain_target_byte(b: u8) -> bool {
-    b.is_ascii_graphic() && !matches!(b, b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}')
+    b.is_ascii_graphic()
+        && !matches!(
+            b,
+            b'"' | b'<' | b'>' | b'\\' | b'^' | b'`' | b'{' | b'|' | b'}'
+        )
 }
 
 /// A lean head's fields, for routing.
@@ -348,7 +352,10 @@ mod tests {
         ] {
             assert_eq!(parse(raw).1, Parsed::Fallback, "{raw:?}");
         }
-        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
         assert_eq!(parse(&big).1, Parsed::Fallback);
         let mut head = Head::default();
         let forwarded = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n";
@@ -392,5 +399,52 @@ mod tests {
             assert_eq!(fields.first(&name), HeaderLookup::first(&map, &name));
         }
         assert!(fields.cookies().eq(HeaderLookup::cookies(&map)));
+    }
+
+    /// Whole route choices agree: header, cookie and sticky rules on spans and on a map.
+    #[test]
+    fn route_choices_on_spans_equal_those_on_a_header_map() {
+        use crate::config::Config;
+        use crate::route::RouteTable;
+        for (rule, value, key) in [
+            ("canary-by-header", "x-canary", None),
+            ("canary-by-cookie", "ck", None),
+            ("sticky", "header:x-user", Some("X-User")),
+            ("sticky", "cookie:uid", Some("uid=")),
+        ] {
+            let keys = [
+                ("blue.upstream", "127.0.0.1:1"),
+                ("green.upstream", "127.0.0.1:2"),
+                ("canary-weight", "50"),
+                (rule, value),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into_iter()
+            .collect();
+            let table = RouteTable::new(Config::from_map(&keys).unwrap(), "test");
+            for fields in [
+                "X-Canary: always\r\n",
+                "X-Canary: never\r\nCookie: ck=always\r\n",
+                "Cookie: a=1; ck = never ; uid=u7\r\n",
+                "X-User: u1\r\n",
+                "X-User: u2\r\nCookie: uid=u9\r\n",
+            ] {
+                let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{fields}\r\n");
+                let (head, parsed) = parse(&raw);
+                assert_eq!(parsed, Parsed::Lean);
+                let mut req = http::Request::builder();
+                for line in fields.split("\r\n").filter(|l| !l.is_empty()) {
+                    let (name, value) = line.split_once(": ").unwrap();
+                    req = req.header(name, value);
+                }
+                let map = req.body(()).unwrap().into_parts().0.headers;
+                let lean = table.choose_by(&head.lookup(raw.as_bytes()));
+                // Where the choice is not a random draw, both must make the same one.
+                let forced = lean.evidence == crate::rollback::tally::Evidence::Forced;
+                if forced || key.is_some_and(|k| fields.contains(k)) {
+                    assert_eq!(lean, table.choose(&map), "{rule} {fields:?}");
+                }
+            }
+        }
     }
 }

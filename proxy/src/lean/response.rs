@@ -117,8 +117,7 @@ pub fn parse(buf: &[u8], head_method: bool) -> Result<Parsed, HeadError> {
     if encoded && length.is_some() {
         return Err(HeadError::Ambiguous);
     }
-    let framing = if head_method || status == 204 || status == 304 || (100..200).contains(&status)
-    {
+    let framing = if head_method || status == 204 || status == 304 || (100..200).contains(&status) {
         Framing::Empty
     } else if encoded {
         if chunked {
@@ -196,7 +195,11 @@ pub fn write_client(
     }
     out.extend_from_slice(b"via: ");
     let mut via = false;
-    for field in res.headers.iter().filter(|f| f.name.eq_ignore_ascii_case("via")) {
+    for field in res
+        .headers
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("via"))
+    {
         if via {
             out.extend_from_slice(b", ");
         }
@@ -266,7 +269,10 @@ mod tests {
     #[test]
     fn framing_is_read_strictly() {
         let r = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").unwrap();
-        assert_eq!((r.framing, r.reusable, r.len), (Framing::Length(5), true, 38));
+        assert_eq!(
+            (r.framing, r.reusable, r.len),
+            (Framing::Length(5), true, 38)
+        );
         let r = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap();
         assert_eq!(r.framing, Framing::Chunked);
         let r = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").unwrap();
@@ -290,7 +296,10 @@ mod tests {
             assert_eq!(head(bad).unwrap_err(), HeadError::Length, "{bad:?}");
         }
         assert!(head("HTTP/9.9 200 OK\r\n\r\n").is_err());
-        assert!(matches!(parse(b"HTTP/1.1 200 OK\r\n", false), Ok(Parsed::Partial)));
+        assert!(matches!(
+            parse(b"HTTP/1.1 200 OK\r\n", false),
+            Ok(Parsed::Partial)
+        ));
     }
 
     #[test]
@@ -299,7 +308,13 @@ mod tests {
                    Keep-Alive: timeout=5\r\nVia: 1.1 up\r\nX-Color: blue\r\nContent-Length: 2\r\n\r\nok";
         let r = head(raw).unwrap();
         let mut out = Vec::new();
-        write_client(raw.as_bytes(), &r, Some((b"x-served-color", b"green")), true, &mut out);
+        write_client(
+            raw.as_bytes(),
+            &r,
+            Some((b"x-served-color", b"green")),
+            true,
+            &mut out,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 Fine\r\nx-color: blue\r\ncontent-length: 2\r\nvia: 1.1 up, 1.1 canary-proxy\r\n\
