@@ -1,8 +1,7 @@
 //! End-to-end: HTTP/1.1 framing through the real binary, client and upstream on raw sockets:
 //! pipelining, `Expect: 100-continue`, chunked responses with trailers, HEAD, 204 and 304,
 //! an ambiguous response, a head that arrives a few bytes at a time, and a connection that
-//! leaves the lean path for hyper halfway. The same cases run on the hyper path too (see
-//! `hyper_path.rs`).
+//! leaves the lean path for hyper halfway.
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,11 +24,16 @@ async fn proxy(upstream: &str) -> ProxyProcess {
 
 /// Reads until `bytes` holds `needle` `times` times, the connection closes, or `WAIT` passes.
 async fn read_until(conn: &mut RawConn, needle: &str, times: usize) -> String {
+    read_while(conn, |text| text.matches(needle).count() < times).await
+}
+
+/// Reads while `more` says so, until the connection closes, or `WAIT` passes.
+async fn read_while(conn: &mut RawConn, more: impl Fn(&str) -> bool) -> String {
     let mut text = String::new();
     for _ in 0..50 {
         let reply = conn.read_responses(usize::MAX, WAIT / 50).await;
         text.push_str(&reply.text());
-        if text.matches(needle).count() >= times || reply.closed {
+        if !more(&text) || reply.closed {
             break;
         }
     }
