@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::chunked::Chunked;
-use super::request::write_number;
+use super::request::{Span, write_number};
 use super::response::{self, Framing, HeadError, Response};
 use super::{ClientIo, Work, pool};
 use crate::accounting::Outcome;
@@ -98,6 +98,7 @@ pub(super) async fn run<T: ClientIo>(
         head,
         out,
         upstream: buf,
+        fields,
     } = work;
     let config = &table.config;
     let runtime = &conn.runtime;
@@ -113,14 +114,26 @@ pub(super) async fn run<T: ClientIo>(
         let color = choice.color;
         let started = Instant::now();
         let endpoints = &table.upstreams[color.index()];
-        let sent = send(client, endpoints, out, &body, buf, head, config.timeouts).await;
+        let sent = send(
+            client,
+            endpoints,
+            out,
+            &body,
+            buf,
+            fields,
+            head,
+            config.timeouts,
+        )
+        .await;
         let missed = match sent {
             Ok(answer) => {
                 let latency = started.elapsed();
-                return respond(
-                    client, conn, table, choice, answer, latency, head.close, out, buf,
-                )
-                .await;
+                let exchanged = Exchanged {
+                    answer,
+                    latency,
+                    client_close: head.close,
+                };
+                return respond(client, conn, table, choice, exchanged, out, buf, fields).await;
             }
             Err(missed) => missed,
         };
@@ -173,13 +186,15 @@ struct Body<'a> {
 }
 
 /// Sends the request head `request` and its `body` to an endpoint of `endpoints` and reads
-/// its response head into `buf`.
+/// its response head into `buf` (its fields into `fields`).
+#[allow(clippy::too_many_arguments)]
 async fn send<T: ClientIo>(
     client: &mut T,
     endpoints: &Endpoints,
     request: &[u8],
     body: &Body<'_>,
     buf: &mut Vec<u8>,
+    fields: &mut Vec<(Span, Span)>,
     head: &super::request::Head,
     timeouts: Timeouts,
 ) -> Result<Answer, Missed> {
@@ -237,7 +252,7 @@ async fn send<T: ClientIo>(
                     return Err(missed);
                 }
             }
-            let exchange = read_head(&mut stream, buf, head.head_method);
+            let exchange = read_head(&mut stream, buf, fields, head.head_method);
             match tokio::time::timeout(timeouts.request, exchange).await {
                 Ok(Ok(response)) => {
                     return Ok(Answer {
@@ -306,6 +321,7 @@ async fn send_request<T: ClientIo>(
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
+    fields: &mut Vec<(Span, Span)>,
     head_method: bool,
 ) -> Result<Response, HeadFailure> {
     buf.clear();
@@ -320,7 +336,7 @@ async fn read_head(
             Ok(_) => {}
         }
         loop {
-            match response::parse(buf, head_method) {
+            match response::parse(buf, head_method, fields) {
                 Ok(response::Parsed::Head(r)) if r.status == 101 => {
                     return Err(HeadFailure::Switched);
                 }
@@ -361,25 +377,37 @@ fn outcome(end: End, status: u16, judged: Judged) -> Outcome {
     }
 }
 
-/// Streams the response in `answer` (its head and first bytes in `buf`) to the client;
-/// whether the client connection may carry another request.
+/// A response head in hand, and what its exchange took to get it.
+struct Exchanged {
+    answer: Answer,
+    /// Time to the response head.
+    latency: Duration,
+    /// The client asked to close after this exchange.
+    client_close: bool,
+}
+
+/// Streams the response in `exchanged` (its head and first bytes in `buf`, the head's fields
+/// in `fields`) to the client; whether the client connection may carry another request.
 #[allow(clippy::too_many_arguments)]
 async fn respond<T: ClientIo>(
     client: &mut T,
     conn: &ClientConn,
     table: &Arc<RouteTable>,
     choice: Choice,
-    answer: Answer,
-    latency: Duration,
-    client_close: bool,
+    exchanged: Exchanged,
     out: &mut Vec<u8>,
     buf: &mut Vec<u8>,
+    fields: &[(Span, Span)],
 ) -> bool {
-    let Answer {
-        mut stream,
-        served,
-        response,
-    } = answer;
+    let Exchanged {
+        answer: Answer {
+            mut stream,
+            served,
+            response,
+        },
+        latency,
+        client_close,
+    } = exchanged;
     let config = &table.config;
     let status = response.status;
     let judged = match (response.grpc, response.grpc_status) {
@@ -401,7 +429,7 @@ async fn respond<T: ClientIo>(
         .response_color_header
         .as_ref()
         .map(|name| (name.as_str().as_bytes(), choice.color.as_str().as_bytes()));
-    response::write_client(buf, &response, color, close, out);
+    response::write_client(buf, &response, fields, color, close, out);
     let mut head = Some(());
     let mut at = response.len;
     let mut left = match response.framing {

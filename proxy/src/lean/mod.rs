@@ -99,6 +99,8 @@ struct Work {
     out: Vec<u8>,
     /// Bytes from the upstream.
     upstream: Vec<u8>,
+    /// The response head's fields, as spans of `upstream`.
+    fields: Vec<(request::Span, request::Span)>,
 }
 
 /// Free buffers kept per thread, at most.
@@ -157,7 +159,7 @@ pub async fn serve<T: ClientIo>(
         let w = work.get_or_insert_with(take_work);
         let Some(table) = (*conn.runtime.routes()).clone() else {
             // No configuration yet: hyper's path answers 503.
-            return fallback(io, w, conn, base, limits, idle).await;
+            return Box::pin(fallback(io, w, conn, base, limits, idle)).await;
         };
         let policy = &table.config.client;
         let trusted = policy.trusts(conn.peer.ip());
@@ -175,7 +177,9 @@ pub async fn serve<T: ClientIo>(
             match parsed {
                 Parsed::Lean if w.head.len <= limits.max_header_bytes => break,
                 Parsed::Partial if w.client.len() < limits.max_header_bytes => {}
-                _ => return fallback(io, w, conn, base, limits, idle).await,
+                // Boxed: hyper's connection state is large, and only the connections that
+                // fall back need it.
+                _ => return Box::pin(fallback(io, w, conn, base, limits, idle)).await,
             }
             if w.client.capacity() - w.client.len() < HEAD_ROOM / 2 {
                 w.client.reserve(HEAD_ROOM);
@@ -200,7 +204,9 @@ pub async fn serve<T: ClientIo>(
                 }
             }
         }
-        let exchange = exchange::run(&mut io, &conn, &table, w);
+        // Boxed: the exchange's state (about 1 KiB) exists only while a request is in flight,
+        // so an idle connection's task stays small.
+        let exchange = Box::pin(exchange::run(&mut io, &conn, &table, w));
         let keep = tokio::select! {
             keep = exchange => keep,
             () = drain.closing() => false,

@@ -24,7 +24,8 @@ pub struct Span {
 }
 
 impl Span {
-    fn of(buf: &[u8], part: &[u8]) -> Span {
+    /// Where `part`, a slice of `buf`, lies in it.
+    pub(super) fn of(buf: &[u8], part: &[u8]) -> Span {
         let start = part.as_ptr() as usize - buf.as_ptr() as usize;
         Span {
             start: start as u32,

@@ -6,7 +6,7 @@
 //!
 //! [`headers::to_client`]: crate::headers::to_client
 
-use crate::lean::request::{write_field, write_number};
+use crate::lean::request::{Span, write_field, write_number};
 
 /// Header fields of a response parsed at most (hyper's client default).
 const MAX_FIELDS: usize = 100;
@@ -55,6 +55,8 @@ pub struct Response {
     pub grpc: bool,
     /// The `grpc-status` of the head (a trailers-only gRPC response).
     pub grpc_status: Option<u32>,
+    /// The reason phrase.
+    reason: Span,
 }
 
 /// The result of parsing what the upstream has sent so far.
@@ -65,10 +67,15 @@ pub enum Parsed {
     Head(Response),
 }
 
-/// Parses a response head from `buf`; `head_method`: the request was `HEAD`.
-pub fn parse(buf: &[u8], head_method: bool) -> Result<Parsed, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut res = httparse::Response::new(&mut fields);
+/// Parses a response head from `buf` (its fields' names and values into `fields`, for
+/// [`write_client`]); `head_method`: the request was `HEAD`.
+pub fn parse(
+    buf: &[u8],
+    head_method: bool,
+    fields: &mut Vec<(Span, Span)>,
+) -> Result<Parsed, HeadError> {
+    let mut parsed = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut res = httparse::Response::new(&mut parsed);
     let len = match res.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
@@ -80,8 +87,10 @@ pub fn parse(buf: &[u8], head_method: bool) -> Result<Parsed, HeadError> {
     let mut length: Option<u64> = None;
     let (mut chunked, mut encoded, mut close, mut keep_alive) = (false, false, false, false);
     let (mut grpc, mut grpc_status) = (false, None);
+    fields.clear();
     for field in res.headers.iter() {
         let (name, value) = (field.name.as_bytes(), field.value);
+        fields.push((Span::of(buf, name), Span::of(buf, value)));
         let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
         if is(b"content-length") {
             let n = parse_length(value).ok_or(HeadError::Length)?;
@@ -136,6 +145,7 @@ pub fn parse(buf: &[u8], head_method: bool) -> Result<Parsed, HeadError> {
         reusable: persistent && framing != Framing::Close,
         grpc: grpc && status == 200,
         grpc_status,
+        reason: Span::of(buf, res.reason.unwrap_or_default().as_bytes()),
     }))
 }
 
@@ -147,66 +157,53 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-/// Writes the head the client gets for the response head in `buf` into `out`. `color`: the
-/// color header's name and value, when configured; `close`: the client connection closes
-/// after this response.
+/// Writes the head the client gets for the response head in `buf` (its `fields` as
+/// [`parse`] found them) into `out`. `color`: the color header's name and value, when
+/// configured; `close`: the client connection closes after this response.
 pub fn write_client(
     buf: &[u8],
     response: &Response,
+    fields: &[(Span, Span)],
     color: Option<(&[u8], &[u8])>,
     close: bool,
     out: &mut Vec<u8>,
 ) {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut res = httparse::Response::new(&mut fields);
-    // Parsed before: the same bytes parse the same way.
-    let _ = res.parse(&buf[..response.len]);
+    let fields = || {
+        fields
+            .iter()
+            .map(|&(name, value)| (name.in_buf(buf), value.in_buf(buf)))
+    };
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     write_number(out, u64::from(response.status));
     out.push(b' ');
-    out.extend_from_slice(res.reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(response.reason.in_buf(buf));
     out.extend_from_slice(b"\r\n");
     let mut options: [&[u8]; MAX_OPTIONS] = [&[]; MAX_OPTIONS];
     let mut named = 0;
-    for field in res.headers.iter() {
-        if field.name.eq_ignore_ascii_case("connection") {
-            for option in field.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if named < MAX_OPTIONS && !option.is_empty() && !is_end_to_end(option) {
-                    options[named] = option;
-                    named += 1;
-                }
+    for (_, value) in fields().filter(|(name, _)| name.eq_ignore_ascii_case(b"connection")) {
+        for option in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if named < MAX_OPTIONS && !option.is_empty() && !is_end_to_end(option) {
+                options[named] = option;
+                named += 1;
             }
         }
     }
     let options = &options[..named];
-    for field in res.headers.iter() {
-        let name = field.name.as_bytes();
+    for (name, value) in fields() {
         if is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case(b"via")
             || options.iter().any(|o| o.eq_ignore_ascii_case(name))
             || color.is_some_and(|(header, _)| header.eq_ignore_ascii_case(name))
         {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"via") {
-            continue;
-        }
-        write_field(out, name, field.value);
+        write_field(out, name, value);
     }
+    // Several `Via` lines are one list: joined, with the proxy's own last.
     out.extend_from_slice(b"via: ");
-    let mut via = false;
-    for field in res
-        .headers
-        .iter()
-        .filter(|f| f.name.eq_ignore_ascii_case("via"))
-    {
-        if via {
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(field.value);
-        via = true;
-    }
-    if via {
+    for (_, value) in fields().filter(|(name, _)| name.eq_ignore_ascii_case(b"via")) {
+        out.extend_from_slice(value);
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(b"1.1 canary-proxy\r\n");
@@ -260,7 +257,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &str) -> Result<Response, HeadError> {
-        match parse(raw.as_bytes(), false)? {
+        match parse(raw.as_bytes(), false, &mut Vec::new())? {
             Parsed::Head(r) => Ok(r),
             Parsed::Partial => panic!("partial: {raw:?}"),
         }
@@ -297,7 +294,7 @@ mod tests {
         }
         assert!(head("HTTP/9.9 200 OK\r\n\r\n").is_err());
         assert!(matches!(
-            parse(b"HTTP/1.1 200 OK\r\n", false),
+            parse(b"HTTP/1.1 200 OK\r\n", false, &mut Vec::new()),
             Ok(Parsed::Partial)
         ));
     }
@@ -306,15 +303,13 @@ mod tests {
     fn the_client_head_drops_hop_by_hop_fields() {
         let raw = "HTTP/1.1 200 Fine\r\nConnection: x-backend, keep-alive\r\nX-Backend: 1\r\n\
                    Keep-Alive: timeout=5\r\nVia: 1.1 up\r\nX-Color: blue\r\nContent-Length: 2\r\n\r\nok";
-        let r = head(raw).unwrap();
+        let mut fields = Vec::new();
+        let Ok(Parsed::Head(r)) = parse(raw.as_bytes(), false, &mut fields) else {
+            panic!("a whole head");
+        };
         let mut out = Vec::new();
-        write_client(
-            raw.as_bytes(),
-            &r,
-            Some((b"x-served-color", b"green")),
-            true,
-            &mut out,
-        );
+        let color = Some((&b"x-served-color"[..], &b"green"[..]));
+        write_client(raw.as_bytes(), &r, &fields, color, true, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 Fine\r\nx-color: blue\r\ncontent-length: 2\r\nvia: 1.1 up, 1.1 canary-proxy\r\n\
