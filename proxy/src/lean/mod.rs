@@ -155,7 +155,6 @@ pub async fn serve<T: ClientIo>(
                 _ = drain.changed() => break,
             }
         }
-        wait = idle;
         let w = work.get_or_insert_with(take_work);
         let Some(table) = (*conn.runtime.routes()).clone() else {
             // No configuration yet: hyper's path answers 503.
@@ -167,7 +166,10 @@ pub async fn serve<T: ClientIo>(
             .config
             .protocols
             .contains(&crate::config::Protocol::H2c);
-        let head_deadline = Instant::now() + limits.header_read_timeout;
+        // The head must be whole within the header timeout of its first byte. Readiness can be
+        // reported before any byte is there, so until one is, the connection's wait applies.
+        let header_time = || Instant::now() + limits.header_read_timeout;
+        let mut head_deadline = (!w.client.is_empty()).then(header_time);
         loop {
             let parsed = if h2c {
                 Parsed::Fallback
@@ -184,13 +186,17 @@ pub async fn serve<T: ClientIo>(
             if w.client.capacity() - w.client.len() < HEAD_ROOM / 2 {
                 w.client.reserve(HEAD_ROOM);
             }
-            match tokio::time::timeout_at(head_deadline, io.read_buf(&mut w.client)).await {
-                Ok(Ok(n)) if n > 0 => {}
+            let deadline = head_deadline.unwrap_or_else(|| Instant::now() + wait);
+            match tokio::time::timeout_at(deadline, io.read_buf(&mut w.client)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    head_deadline.get_or_insert_with(header_time);
+                }
                 // Closed or broken mid-head, or too slow (slowloris): closed unanswered, as
                 // hyper does.
                 _ => return,
             }
         }
+        wait = idle;
         if w.head.body > 0 && w.client.len() == w.head.len {
             // The body's first bytes before anything goes upstream, as on the hyper path: a
             // client that stalls costs no upstream anything.
