@@ -1,6 +1,8 @@
 //! A whole client connection's bytes into the proxy, over an in-memory pipe: HTTP/1.1 or
 //! HTTP/2 parsing, admission, routing, header rewriting, the request body, and a real
 //! upstream exchange on loopback. Short timeouts keep a stalled input from holding a run.
+//! Each input goes through both HTTP/1.1 paths: hyper's, then the lean one (which hands what
+//! it does not serve to hyper with the bytes it has read).
 
 #![no_main]
 
@@ -11,6 +13,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use canary_proxy::headers::Scheme;
+use canary_proxy::lean;
 use canary_proxy::listener::{ClientConn, Limits, http_builder, serve_connection, shutdown_pair};
 use canary_proxy::metrics::Metrics;
 use canary_proxy::runtime::Runtime;
@@ -29,7 +32,7 @@ static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 });
 
 /// The proxy's state and connection settings, shared by every input.
-static PROXY: LazyLock<(Arc<Runtime>, Arc<auto::Builder<TokioExecutor>>)> = LazyLock::new(|| {
+static PROXY: LazyLock<(Arc<Runtime>, Arc<auto::Builder<TokioExecutor>>, Limits)> = LazyLock::new(|| {
     let upstream = RT.block_on(upstream());
     let runtime = Runtime::new(Metrics::new().expect("metrics"), "fuzz".into());
     let keys: BTreeMap<String, String> = [
@@ -52,7 +55,7 @@ static PROXY: LazyLock<(Arc<Runtime>, Arc<auto::Builder<TokioExecutor>>)> = Lazy
     let mut builder = http_builder(limits);
     // The input ends with a half-close: pipelined requests after the first are still served.
     builder.http1().half_close(true);
-    (runtime, Arc::new(builder))
+    (runtime, Arc::new(builder), limits)
 });
 
 /// An upstream that reads each request's body and answers 200.
@@ -89,7 +92,14 @@ async fn drain(mut body: hyper::body::Incoming) -> Result<(), hyper::Error> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (runtime, builder) = &*PROXY;
+    for lean in [false, true] {
+        run(data, lean);
+    }
+});
+
+/// Feeds `data` to one connection, served by hyper or by the lean path.
+fn run(data: &[u8], lean: bool) {
+    let (runtime, builder, limits) = &*PROXY;
     RT.block_on(async {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (_shutdown, drain) = shutdown_pair(Default::default());
@@ -99,11 +109,16 @@ fuzz_target!(|data: &[u8]| {
             Scheme::Http,
             drain,
         );
-        let serving = tokio::spawn(serve_connection(
-            TokioIo::new(server),
-            conn,
-            builder.clone(),
-        ));
+        let serving = if lean {
+            let idle = Duration::from_millis(100);
+            tokio::spawn(lean::serve(server, conn, builder.clone(), *limits, idle))
+        } else {
+            tokio::spawn(serve_connection(
+                TokioIo::new(server),
+                conn,
+                builder.clone(),
+            ))
+        };
         let (mut read, mut write) = tokio::io::split(client);
         let input = data.to_vec();
         let writer = tokio::spawn(async move {
@@ -115,4 +130,4 @@ fuzz_target!(|data: &[u8]| {
         writer.abort();
         serving.abort();
     });
-});
+}

@@ -5,6 +5,8 @@
 //!
 //! - [`listener`]: accepts connections and serves HTTP/1.1 and HTTP/2 on them, with limits;
 //!   [`tls`] terminates TLS with a certificate that follows its files.
+//! - [`lean`]: the lean HTTP/1.1 path for plain-TCP clients, which hands anything unusual to
+//!   hyper.
 //! - [`proxy`]: one request's path through the phases below.
 //! - [`admission`]: what a request must satisfy before it goes anywhere.
 //! - [`route`]: route choice, from the [`RouteTable`](route::RouteTable) snapshot.
@@ -36,6 +38,7 @@ pub mod body;
 pub mod config;
 pub mod fleet;
 pub mod headers;
+pub mod lean;
 pub mod listener;
 pub mod metrics;
 pub mod progressive;

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use http::HeaderValue;
 
 use crate::headers::{self, Scheme};
+use crate::lean::{self, Http1};
 use crate::proxy;
 use crate::runtime::Runtime;
 
@@ -43,6 +44,8 @@ pub struct Limits {
     pub max_headers: usize,
     /// Concurrent HTTP/2 streams per connection; more are refused with `REFUSED_STREAM`.
     pub max_streams: u32,
+    /// Which server takes plain-TCP HTTP/1.1 connections (`--http1`).
+    pub http1: Http1,
 }
 
 impl Default for Limits {
@@ -53,6 +56,7 @@ impl Default for Limits {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             max_streams: 100,
+            http1: Http1::Lean,
         }
     }
 }
@@ -123,6 +127,11 @@ impl Shutdown {
 }
 
 impl Drain {
+    /// Where shutdown stands now.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
     /// Waits for the next phase; once the listener is gone, that is [`Phase::Closing`].
     pub async fn changed(&mut self) -> Phase {
         match self.phase.changed().await {
@@ -272,6 +281,7 @@ pub async fn serve(
     drain_timeout: Duration,
 ) {
     let base = http_builder(limits);
+    let shared = Arc::new(base.clone());
     let (controller, drain) = shutdown_pair(runtime.tunnels());
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
@@ -296,20 +306,23 @@ pub async fn serve(
             .map_or(DEFAULT_CLIENT_IDLE, |t| t.config.client.idle_timeout);
         let (base, drain, runtime) = (base.clone(), drain.clone(), runtime.clone());
         let Some(tls) = tls.clone() else {
-            let stream = Detecting::new(stream, limits.header_read_timeout);
-            let builder = connection_builder(base, &stream, limits, idle);
             let conn = ClientConn::new(runtime, peer, Scheme::Http, drain);
-            tokio::spawn(serve_connection(TokioIo::new(stream), conn, builder));
+            match limits.http1 {
+                Http1::Lean => {
+                    tokio::spawn(lean::serve(stream, conn, shared.clone(), limits, idle));
+                }
+                Http1::Hyper => {
+                    tokio::spawn(serve_hyper(stream, conn, base, limits, idle));
+                }
+            }
             continue;
         };
         tokio::spawn(async move {
             let handshake = tokio::time::timeout(limits.header_read_timeout, tls.accept(stream));
             match handshake.await {
                 Ok(Ok(stream)) => {
-                    let stream = Detecting::new(stream, limits.header_read_timeout);
-                    let builder = connection_builder(base, &stream, limits, idle);
                     let conn = ClientConn::new(runtime, peer, Scheme::Https, drain);
-                    serve_connection(TokioIo::new(stream), conn, builder).await;
+                    serve_hyper(stream, conn, base, limits, idle).await;
                 }
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -318,6 +331,23 @@ pub async fn serve(
     }
     drop((listener, drain));
     controller.drain(drain_timeout).await;
+}
+
+/// Serves one client connection with hyper (`base` with `limits`; an idle kept-alive
+/// connection waits up to `idle` for its next request), as [`serve`] does for TLS and
+/// whenever the lean path hands a connection over.
+pub async fn serve_hyper<T>(
+    stream: T,
+    conn: Arc<ClientConn>,
+    base: auto::Builder<TokioExecutor>,
+    limits: Limits,
+    idle: Duration,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let stream = Detecting::new(stream, limits.header_read_timeout);
+    let builder = connection_builder(base, &stream, limits, idle);
+    serve_connection(TokioIo::new(stream), conn, builder).await;
 }
 
 /// Serves one client connection over any transport until it ends, shutdown drains it, or its

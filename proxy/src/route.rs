@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use http::HeaderMap;
-use http::header::COOKIE;
+use http::header::{COOKIE, HeaderName, HeaderValue};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -81,6 +81,12 @@ impl RouteTable {
 
     /// Chooses the color for a request with these headers.
     pub fn choose(&self, headers: &HeaderMap) -> Choice {
+        self.choose_by(headers)
+    }
+
+    /// Chooses the color for a request whose headers `headers` looks up: one implementation of
+    /// the canary rules for every way a request head is held.
+    pub fn choose_by(&self, headers: &impl HeaderLookup) -> Choice {
         let config = &*self.config;
         let (stable, canary) = (config.stable, config.canary());
         let forced = |color| Choice {
@@ -141,19 +147,38 @@ impl RouteTable {
         }
     }
 
-    fn sticky_key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+    fn sticky_key<'h>(&self, headers: &'h impl HeaderLookup) -> Option<&'h [u8]> {
         match self.config.sticky.as_ref()? {
             Sticky::Cookie(name) => cookie(headers, name),
-            Sticky::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+            Sticky::Header(name) => headers.first(name),
         }
         .filter(|v| !v.is_empty())
     }
 }
 
+/// What routing reads of a request's headers: a `HeaderMap` (the hyper path) or the spans of
+/// a raw HTTP/1.1 head (the lean path).
+pub trait HeaderLookup {
+    /// The value of the first field named `name`.
+    fn first(&self, name: &HeaderName) -> Option<&[u8]>;
+    /// The values of every `Cookie` field, in order.
+    fn cookies(&self) -> impl Iterator<Item = &[u8]>;
+}
+
+impl HeaderLookup for HeaderMap {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.get(name).map(HeaderValue::as_bytes)
+    }
+
+    fn cookies(&self) -> impl Iterator<Item = &[u8]> {
+        self.get_all(COOKIE).iter().map(HeaderValue::as_bytes)
+    }
+}
+
 /// NGINX's `canary-by-header`: `Some(true)` to canary, `Some(false)` to stable, `None` to fall
 /// through to the next rule.
-fn header_decision(rule: &HeaderRule, headers: &HeaderMap) -> Option<bool> {
-    let value = headers.get(&rule.name)?.as_bytes();
+fn header_decision(rule: &HeaderRule, headers: &impl HeaderLookup) -> Option<bool> {
+    let value = headers.first(&rule.name)?;
     if let Some(wanted) = &rule.value {
         return (value == wanted.as_bytes()).then_some(true);
     }
@@ -169,11 +194,10 @@ fn header_decision(rule: &HeaderRule, headers: &HeaderMap) -> Option<bool> {
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers, without allocating.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+fn cookie<'h>(headers: &'h impl HeaderLookup, name: &str) -> Option<&'h [u8]> {
     headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|h| h.as_bytes().split(|&b| b == b';'))
+        .cookies()
+        .flat_map(|h| h.split(|&b| b == b';'))
         .find_map(|pair| {
             let pair = pair.trim_ascii_start();
             let rest = pair.strip_prefix(name.as_bytes())?;

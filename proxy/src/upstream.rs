@@ -160,6 +160,27 @@ impl Upstream {
         self.retired.store(true, Relaxed);
     }
 
+    /// Opens a TCP connection to it for a transport of its own (the lean HTTP/1.1 path); a
+    /// failure comes with its kind as metered and its text.
+    pub(crate) async fn connect_raw(
+        &self,
+        timeout: Duration,
+    ) -> Result<TcpStream, (ErrorKind, String)> {
+        self.dial(timeout)
+            .await
+            .map_err(|ConnectError(kind, text)| (kind, text))
+    }
+
+    /// The key its pooled connections are kept under: the same upstream across reloads.
+    pub(crate) fn pool_key(&self) -> u64 {
+        self.key
+    }
+
+    /// Whether it has left its color: its connections close as soon as they are idle.
+    pub(crate) fn retired_flag(&self) -> &Arc<AtomicBool> {
+        &self.retired
+    }
+
     /// Sends `req` and waits for the response headers.
     pub async fn send(
         &self,

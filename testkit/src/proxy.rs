@@ -72,6 +72,7 @@ impl ProxyProcess {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let config_path = dir.path().join("config.yaml");
         let mut cmd = Command::new(binary);
+        cmd.env("CANARY_PROXY_HTTP1", http1_path());
         match source {
             Source::File(config) => {
                 write_atomically(&config_path, config);
@@ -254,4 +255,16 @@ pub fn write_atomically(path: &Path, config: &[(&str, &str)]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).expect("write config");
     std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// The HTTP/1.1 path the proxy serves plain-TCP clients with in this test binary: `hyper` in
+/// the binaries named `hyper_path*` (which run suites of the other binaries again on the
+/// hyper path), otherwise `lean`, the default.
+pub fn http1_path() -> &'static str {
+    let hyper = std::env::current_exe().is_ok_and(|exe| {
+        exe.file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("hyper_path"))
+    });
+    if hyper { "hyper" } else { "lean" }
 }

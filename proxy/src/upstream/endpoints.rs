@@ -38,7 +38,7 @@ use crate::shard::{self, SHARDS};
 mod anchor;
 
 /// Endpoints of one color a request may be tried on when it could not connect.
-const CONNECT_ATTEMPTS: usize = 3;
+pub const CONNECT_ATTEMPTS: usize = 3;
 
 /// One endpoint (a pod, or one address of a static list).
 #[derive(Debug)]
@@ -272,6 +272,25 @@ impl Endpoints {
                 }
             }
         }
+    }
+
+    /// Starts a request at an endpoint chosen as [`send`](Endpoints::send) chooses, among those
+    /// not in `tried` (a bit per index, updated); with it, how many endpoints there are. `None`
+    /// when there is none left to try. For a transport that dials the endpoint itself (the lean
+    /// HTTP/1.1 path), which then owes [`connect_failed`](Endpoints::connect_failed) or
+    /// [`outcome`](Endpoints::outcome).
+    pub fn start(&self, tried: &mut u64) -> Option<(Served, usize)> {
+        let endpoints = self.endpoints.load();
+        let at = if endpoints.len() > 1 { now() } else { 0 };
+        let index = pick(&endpoints, *tried, at)?;
+        *tried |= 1 << index;
+        Some((Served::start(&endpoints[index]), endpoints.len()))
+    }
+
+    /// Counts a connect that failed at `served`, before another endpoint is tried, as
+    /// [`send`](Endpoints::send) does.
+    pub fn connect_failed(&self, served: &Served) {
+        self.record(served, true);
     }
 
     /// Takes in the outcome of a request `served`: its latency (time to the response headers,

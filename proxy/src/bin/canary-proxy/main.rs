@@ -14,6 +14,7 @@ use tracing::{error, info};
 
 use canary_proxy::admin;
 use canary_proxy::config::{parse_duration, watch as config_watch};
+use canary_proxy::lean::Http1;
 use canary_proxy::listener::Limits;
 use canary_proxy::metrics::Metrics;
 use canary_proxy::runtime::Runtime;
@@ -75,6 +76,10 @@ struct Args {
     /// same name.
     #[arg(long, env = "CANARY_PROXY_FLEET", requires = "configmap")]
     fleet: Option<String>,
+    /// Which server takes plain-TCP HTTP/1.1 connections: `lean` (parses heads in place and
+    /// hands anything unusual to hyper) or `hyper` (every connection).
+    #[arg(long, env = "CANARY_PROXY_HTTP1", default_value = "lean")]
+    http1: Http1,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -181,7 +186,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let serving = Serving {
         tls,
         runtime: runtime.clone(),
-        limits: Limits::default(),
+        limits: Limits {
+            http1: args.http1,
+            ..Limits::default()
+        },
         drain_timeout: args.drain_timeout,
     };
     let mut workers = data.serve(serving)?;
