@@ -1,16 +1,15 @@
-//! Idle upstream connections of the lean path: plain TCP streams kept per endpoint, in a
-//! shard per worker thread. A request takes the most recently used one that is still open;
-//! a clean response puts it back. A sweeper closes those idle past `timeout.upstream-idle`
-//! and those of retired endpoints once a second, so an idle proxy does not keep its upstream
-//! connections open for ever.
+//! Idle upstream connections of the lean path: plain TCP streams kept per endpoint, per
+//! worker thread. A request takes the most recently used one that is still open; a clean
+//! response puts it back. A sweeper on each worker closes those idle past
+//! `timeout.upstream-idle` and those of retired endpoints once a second, so an idle proxy does
+//! not keep its upstream connections open for ever.
 //!
-//! Each shard has a mutex, taken by its own thread on the request path and by the sweeper
-//! once a second: it is never contended between requests, so it costs two uncontended
-//! atomic operations, not a wait.
+//! No lock: every worker runs its own current-thread runtime (see [`crate::workers`]), so the
+//! requests that use a thread's pool and the sweeper spawned from that thread all run on it.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -23,7 +22,7 @@ const MAX_IDLE: usize = 256;
 /// How often the sweeper looks.
 const SWEEP: Duration = Duration::from_secs(1);
 
-/// One endpoint's idle connections in one shard.
+/// One endpoint's idle connections on one thread.
 struct Idle {
     key: u64,
     /// The endpoint's retirement: its connections are closed once idle.
@@ -32,38 +31,21 @@ struct Idle {
     conns: Vec<(TcpStream, Instant)>,
 }
 
-/// One thread's idle connections.
-#[derive(Default)]
-struct Shard {
-    idle: Mutex<Vec<Idle>>,
-}
-
-/// Every shard, for the sweeper.
-static SHARDS: Mutex<Vec<Weak<Shard>>> = Mutex::new(Vec::new());
-/// Whether a sweeper runs (it stops with its runtime).
-static SWEEPING: AtomicBool = AtomicBool::new(false);
-
 thread_local! {
-    static SHARD: OnceCell<Arc<Shard>> = const { OnceCell::new() };
+    /// This thread's idle connections.
+    static IDLE: RefCell<Vec<Idle>> = const { RefCell::new(Vec::new()) };
+    /// Whether this thread's sweeper runs (it stops with its runtime).
+    static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
 
-fn with_shard<T>(f: impl FnOnce(&mut Vec<Idle>) -> T) -> T {
-    SHARD.with(|cell| {
-        let shard = cell.get_or_init(|| {
-            let shard = Arc::new(Shard::default());
-            let mut all = SHARDS.lock().unwrap_or_else(|e| e.into_inner());
-            all.retain(|s| s.strong_count() > 0);
-            all.push(Arc::downgrade(&shard));
-            shard
-        });
-        f(&mut shard.idle.lock().unwrap_or_else(|e| e.into_inner()))
-    })
+fn with_idle<T>(f: impl FnOnce(&mut Vec<Idle>) -> T) -> T {
+    IDLE.with_borrow_mut(f)
 }
 
 /// An idle connection to `upstream` that is still open, if there is one.
 pub fn take(upstream: &Upstream) -> Option<TcpStream> {
     let key = upstream.pool_key();
-    with_shard(|idle| {
+    with_idle(|idle| {
         let entry = idle.iter_mut().find(|e| e.key == key)?;
         if entry.retired.load(Relaxed) {
             entry.conns.clear();
@@ -87,16 +69,16 @@ pub fn put(upstream: &Upstream, stream: TcpStream, idle: Duration) {
     }
     let key = upstream.pool_key();
     let expires = Instant::now() + idle;
-    with_shard(|shard| {
-        let entry = match shard.iter().position(|e| e.key == key) {
-            Some(i) => &mut shard[i],
+    with_idle(|pool| {
+        let entry = match pool.iter().position(|e| e.key == key) {
+            Some(i) => &mut pool[i],
             None => {
-                shard.push(Idle {
+                pool.push(Idle {
                     key,
                     retired: upstream.retired_flag().clone(),
                     conns: Vec::new(),
                 });
-                shard.last_mut().expect("just pushed")
+                pool.last_mut().expect("just pushed")
             }
         };
         if entry.conns.len() >= MAX_IDLE {
@@ -104,7 +86,7 @@ pub fn put(upstream: &Upstream, stream: TcpStream, idle: Duration) {
         }
         entry.conns.push((stream, expires));
     });
-    if !SWEEPING.swap(true, Relaxed) {
+    if !SWEEPING.replace(true) {
         tokio::spawn(sweep());
     }
 }
@@ -117,28 +99,21 @@ fn still_open(stream: &TcpStream) -> bool {
     matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
-/// Closes expired connections and those of retired endpoints, once a second, for as long as
-/// the runtime runs.
+/// Closes this thread's expired connections and those of retired endpoints, once a second,
+/// for as long as the runtime runs.
 async fn sweep() {
-    /// Lets a later runtime start its own sweeper once this one's is gone.
+    /// Lets a later runtime on this thread start its own sweeper once this one's is gone.
     struct Running;
     impl Drop for Running {
         fn drop(&mut self) {
-            SWEEPING.store(false, Relaxed);
+            SWEEPING.set(false);
         }
     }
     let _running = Running;
     loop {
         tokio::time::sleep(SWEEP).await;
-        let shards: Vec<Arc<Shard>> = SHARDS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
         let now = Instant::now();
-        for shard in shards {
-            let mut idle = shard.idle.lock().unwrap_or_else(|e| e.into_inner());
+        with_idle(|idle| {
             for entry in idle.iter_mut() {
                 if entry.retired.load(Relaxed) {
                     entry.conns.clear();
@@ -149,6 +124,6 @@ async fn sweep() {
                 }
             }
             idle.retain(|e| !e.conns.is_empty());
-        }
+        });
     }
 }
