@@ -87,6 +87,7 @@ pub fn parse(
     let mut length: Option<u64> = None;
     let (mut chunked, mut encoded, mut close, mut keep_alive) = (false, false, false, false);
     let (mut grpc, mut grpc_status) = (false, None);
+    let mut options = 0;
     fields.clear();
     for field in res.headers.iter() {
         let (name, value) = (field.name.as_bytes(), field.value);
@@ -107,6 +108,7 @@ pub fn parse(
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if is(b"connection") {
             for option in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                options += usize::from(!option.is_empty());
                 close |= option.eq_ignore_ascii_case(b"close");
                 keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
             }
@@ -125,6 +127,10 @@ pub fn parse(
     }
     if encoded && length.is_some() {
         return Err(HeadError::Ambiguous);
+    }
+    if options > MAX_OPTIONS {
+        // [`write_client`] strips what `Connection` names from a fixed list of this size.
+        return Err(HeadError::Malformed);
     }
     let framing = if head_method || status == 204 || status == 304 || (100..200).contains(&status) {
         Framing::Empty
@@ -293,6 +299,15 @@ mod tests {
             assert_eq!(head(bad).unwrap_err(), HeadError::Length, "{bad:?}");
         }
         assert!(head("HTTP/9.9 200 OK\r\n\r\n").is_err());
+        // More `Connection` options than the rewrite strips would let the rest through.
+        let options: Vec<String> = (0..=MAX_OPTIONS).map(|i| format!("x-{i}")).collect();
+        let many = format!(
+            "HTTP/1.1 200 OK\r\nConnection: {}\r\nContent-Length: 0\r\n\r\n",
+            options.join(", ")
+        );
+        assert_eq!(head(&many).unwrap_err(), HeadError::Malformed);
+        let few = options[..MAX_OPTIONS].join(", ");
+        assert!(head(&format!("HTTP/1.1 200 OK\r\nConnection: {few}\r\n\r\n")).is_ok());
         assert!(matches!(
             parse(b"HTTP/1.1 200 OK\r\n", false, &mut Vec::new()),
             Ok(Parsed::Partial)
