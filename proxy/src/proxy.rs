@@ -392,14 +392,7 @@ pub fn grpc_status(headers: &HeaderMap) -> u32 {
 }
 
 fn client_fault(fault: ClientFault) -> Response<ResponseBody> {
-    let (status, text) = match fault {
-        ClientFault::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
-        ClientFault::Idle => (
-            StatusCode::REQUEST_TIMEOUT,
-            "request body not received in time\n",
-        ),
-        ClientFault::Malformed => (StatusCode::BAD_REQUEST, "malformed request body\n"),
-    };
+    let (status, text) = fault.answer();
     let mut response = local(status, text);
     // The rest of a broken or refused body would be read as the next request: close instead.
     response
@@ -409,12 +402,18 @@ fn client_fault(fault: ClientFault) -> Response<ResponseBody> {
 }
 
 fn error_response(kind: ErrorKind, color: Color) -> Response<ResponseBody> {
+    let (status, text) = upstream_error(kind, color);
+    local(status, text)
+}
+
+/// The status and text of the proxy's own answer when `color`'s upstream failed with `kind`.
+pub fn upstream_error(kind: ErrorKind, color: Color) -> (StatusCode, String) {
     let (status, what) = match kind {
         ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "did not answer in time"),
         ErrorKind::Connect => (StatusCode::BAD_GATEWAY, "could not be reached"),
         ErrorKind::Reset | ErrorKind::Status => (StatusCode::BAD_GATEWAY, "broke the connection"),
     };
-    local(status, format!("the {color} upstream {what}\n"))
+    (status, format!("the {color} upstream {what}\n"))
 }
 
 /// A short plain-text response written by the proxy itself.

@@ -34,6 +34,21 @@ pub enum ClientFault {
     Malformed,
 }
 
+impl ClientFault {
+    /// The status and short text the client is answered with.
+    pub fn answer(self) -> (http::StatusCode, &'static str) {
+        use http::StatusCode;
+        match self {
+            ClientFault::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+            ClientFault::Idle => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n",
+            ),
+            ClientFault::Malformed => (StatusCode::BAD_REQUEST, "malformed request body\n"),
+        }
+    }
+}
+
 /// A request body with the client policy applied.
 pub struct RequestBody {
     /// The client's body; `None` for a bodiless request rebuilt to be sent again.

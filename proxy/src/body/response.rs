@@ -86,14 +86,7 @@ pub enum Judged {
 impl Streamed {
     fn settle(&mut self, end: End) {
         if let Some(p) = self.pending.take() {
-            let outcome = match (end, p.judged) {
-                (End::Cut(kind), _) => Outcome::Cut(p.status, kind),
-                (End::Trailers(code), Judged::GrpcTrailers) => Outcome::Grpc(code),
-                // A gRPC stream must end with a status; ending without one is a fault.
-                (End::Clean, Judged::GrpcTrailers) => Outcome::Cut(p.status, ErrorKind::Reset),
-                (_, Judged::Grpc(code)) => Outcome::Grpc(code),
-                _ => Outcome::Response(p.status),
-            };
+            let outcome = end.outcome(p.status, p.judged);
             self.runtime
                 .account(&p.table, p.choice, Some(&p.served), outcome, p.latency);
         }
@@ -122,9 +115,9 @@ impl Streamed {
     }
 }
 
-/// How a body ended, for its accounting.
-#[derive(Clone, Copy)]
-enum End {
+/// How a response body ended, for its accounting (on either HTTP/1.1 path).
+#[derive(Clone, Copy, Debug)]
+pub enum End {
     /// Read to its end.
     Clean,
     /// Ended with trailers carrying this `grpc-status`.
@@ -133,6 +126,20 @@ enum End {
     Cut(ErrorKind),
     /// Left by the client before its end.
     Abandoned,
+}
+
+impl End {
+    /// The outcome of an exchange whose `status` response, judged by `judged`, ended so.
+    pub fn outcome(self, status: u16, judged: Judged) -> Outcome {
+        match (self, judged) {
+            (End::Cut(kind), _) => Outcome::Cut(status, kind),
+            (End::Trailers(code), Judged::GrpcTrailers) => Outcome::Grpc(code),
+            // A gRPC stream must end with a status; ending without one is a fault.
+            (End::Clean, Judged::GrpcTrailers) => Outcome::Cut(status, ErrorKind::Reset),
+            (_, Judged::Grpc(code)) => Outcome::Grpc(code),
+            _ => Outcome::Response(status),
+        }
+    }
 }
 
 impl ResponseBody {

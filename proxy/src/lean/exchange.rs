@@ -20,7 +20,7 @@ use super::request::{Span, write_number};
 use super::response::{self, Framing, HeadError, Response};
 use super::{ClientIo, Work, pool};
 use crate::accounting::Outcome;
-use crate::body::{ClientFault, Judged};
+use crate::body::{ClientFault, End, Judged};
 use crate::config::Timeouts;
 use crate::listener::{ClientConn, Phase};
 use crate::metrics::ErrorKind;
@@ -163,14 +163,7 @@ pub(super) async fn run<T: ClientIo>(
                 "the upstream switched protocols unasked\n".to_owned(),
             )
         } else {
-            let (status, what) = match missed.kind {
-                ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "did not answer in time"),
-                ErrorKind::Connect => (StatusCode::BAD_GATEWAY, "could not be reached"),
-                ErrorKind::Reset | ErrorKind::Status => {
-                    (StatusCode::BAD_GATEWAY, "broke the connection")
-                }
-            };
-            (status, format!("the {color} upstream {what}\n"))
+            crate::proxy::upstream_error(missed.kind, color)
         };
         let close = head.close || conn.drain.phase() != Phase::Serving;
         return write_local(client, out, status, &text, close).await;
@@ -357,26 +350,6 @@ async fn read_head(
     }
 }
 
-/// How a response body ended, for its accounting.
-#[derive(Clone, Copy)]
-enum End {
-    Clean,
-    Trailers(u32),
-    Cut(ErrorKind),
-    Abandoned,
-}
-
-/// The outcome of an exchange that ended `end`, as the hyper path's body judges it.
-fn outcome(end: End, status: u16, judged: Judged) -> Outcome {
-    match (end, judged) {
-        (End::Cut(kind), _) => Outcome::Cut(status, kind),
-        (End::Trailers(code), Judged::GrpcTrailers) => Outcome::Grpc(code),
-        (End::Clean, Judged::GrpcTrailers) => Outcome::Cut(status, ErrorKind::Reset),
-        (_, Judged::Grpc(code)) => Outcome::Grpc(code),
-        _ => Outcome::Response(status),
-    }
-}
-
 /// A response head in hand, and what its exchange took to get it.
 struct Exchanged {
     answer: Answer,
@@ -418,7 +391,7 @@ async fn respond<T: ClientIo>(
     let mut settled = false;
     let mut settle = |end: End| {
         if !std::mem::replace(&mut settled, true) {
-            let outcome = outcome(end, status, judged);
+            let outcome = end.outcome(status, judged);
             conn.runtime
                 .account(table, choice, Some(&served), outcome, latency);
         }
@@ -521,14 +494,7 @@ pub(super) async fn client_fault<T: AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
     fault: ClientFault,
 ) -> bool {
-    let (status, text) = match fault {
-        ClientFault::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
-        ClientFault::Idle => (
-            StatusCode::REQUEST_TIMEOUT,
-            "request body not received in time\n",
-        ),
-        ClientFault::Malformed => (StatusCode::BAD_REQUEST, "malformed request body\n"),
-    };
+    let (status, text) = fault.answer();
     write_local(client, out, status, text, true).await
 }
 
