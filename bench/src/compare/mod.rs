@@ -86,6 +86,8 @@ pub struct Round {
     pub fixed_responses: u64,
     /// The proxy's CPU time per response of the fixed-rate run, microseconds.
     pub cpu_us_per_request: Option<f64>,
+    /// The part of it spent in user space (the rest is the kernel's), microseconds.
+    pub user_us_per_request: Option<f64>,
     /// Fixed-rate latency percentiles, ms.
     pub fixed_p50_ms: f64,
     /// Fixed-rate p99, ms.
@@ -175,7 +177,7 @@ async fn measure(
     sampler.abort();
     let load_rss =
         (!pids.is_empty()).then(|| peak.load(Ordering::Relaxed).max(procfs::rss_bytes(&pids)));
-    let cpu_before = procfs::cpu_time(&pids);
+    let (user_before, system_before) = procfs::cpu_times(&pids);
     let fixed = run_load(
         workers,
         system.target,
@@ -184,7 +186,13 @@ async fn measure(
         options.duration,
     )
     .await?;
-    let cpu = procfs::cpu_time(&pids).saturating_sub(cpu_before);
+    let (user_after, system_after) = procfs::cpu_times(&pids);
+    let user = user_after.saturating_sub(user_before);
+    let cpu = user + system_after.saturating_sub(system_before);
+    let per_request = |time: Duration| {
+        (!pids.is_empty() && fixed.responses > 0)
+            .then(|| time.as_secs_f64() * 1e6 / fixed.responses as f64)
+    };
     let failures = |r: &LoadReport| {
         r.errors.total()
             + r.status
@@ -203,8 +211,8 @@ async fn measure(
             .then(|| 100.0 * closed_cpu.as_secs_f64() / closed.elapsed_s),
         load_rss,
         fixed_responses: fixed.responses,
-        cpu_us_per_request: (!pids.is_empty() && fixed.responses > 0)
-            .then(|| cpu.as_secs_f64() * 1e6 / fixed.responses as f64),
+        cpu_us_per_request: per_request(cpu),
+        user_us_per_request: per_request(user),
         fixed_p50_ms: fixed.latency_ms.p50,
         fixed_p99_ms: fixed.latency_ms.p99,
         failures: failures(&closed) + failures(&fixed),

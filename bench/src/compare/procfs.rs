@@ -37,18 +37,27 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 
 /// User plus system CPU time of `pids`, all threads included.
 pub fn cpu_time(pids: &[u32]) -> Duration {
+    let (user, system) = cpu_times(pids);
+    user + system
+}
+
+/// User and system CPU time of `pids`, apart, all threads included: the system share is
+/// the kernel's work for the process (its system calls, and the loopback's TCP processing
+/// they run), which is much the same for every proxy making the same calls.
+pub fn cpu_times(pids: &[u32]) -> (Duration, Duration) {
     // SAFETY: sysconf only reads a configuration value.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let ticks: u64 = pids
+    let (user, system) = pids
         .iter()
         .filter_map(|pid| {
             let fields = stat_fields(*pid)?;
             let utime: u64 = fields.get(11)?.parse().ok()?;
             let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some(utime + stime)
+            Some((utime, stime))
         })
-        .sum();
-    Duration::from_secs_f64(ticks as f64 / ticks_per_second)
+        .fold((0, 0), |(u, s), (pu, ps)| (u + pu, s + ps));
+    let time = |ticks: u64| Duration::from_secs_f64(ticks as f64 / ticks_per_second);
+    (time(user), time(system))
 }
 
 /// Resident memory of `pids` in bytes (`VmRSS`; pages shared between NGINX's master and workers

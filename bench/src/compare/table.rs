@@ -114,7 +114,7 @@ pub fn render(result: &PlanResult, rate: f64, connections: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<13} {:>15} {:>6} {:>18} {:>18} {:>13} {:>18} {:>9} {:>9} {:>9} {:>9} {:>6} {:>5}",
+        "{:<13} {:>15} {:>6} {:>18} {:>18} {:>13} {:>18} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6} {:>5}",
         "system",
         "req/s closed",
         "busy",
@@ -122,6 +122,7 @@ pub fn render(result: &PlanResult, rate: f64, connections: usize) -> String {
         "× nginx",
         "CPU µs/req",
         "× nginx",
+        "user µs",
         "p50 ms",
         "p99 ms",
         "RSS idle",
@@ -152,7 +153,7 @@ pub fn render(result: &PlanResult, rate: f64, connections: usize) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<13} {:>15} {:>6} {:>18} {:>18} {:>13} {:>18} {:>9.3} {:>9.3} {:>9} {:>9} {:>5.1}% {:>5}",
+            "{:<13} {:>15} {:>6} {:>18} {:>18} {:>13} {:>18} {:>8} {:>9.3} {:>9.3} {:>9} {:>9} {:>5.1}% {:>5}",
             kind.name(),
             or_dash(spread(result, kind, closed_rps).map(|s| s.with_percent(0))),
             or_dash(
@@ -163,6 +164,9 @@ pub fn render(result: &PlanResult, rate: f64, connections: usize) -> String {
             or_dash(vs_nginx(closed_rps)),
             or_dash(spread(result, kind, cpu).map(|s| s.with_percent(2))),
             or_dash(vs_nginx(cpu)),
+            or_dash(
+                spread(result, kind, |r| r.user_us_per_request).map(|s| format!("{:.2}", s.median))
+            ),
             spread(result, kind, fixed_p50).map_or(0.0, |s| s.median),
             spread(result, kind, fixed_p99).map_or(0.0, |s| s.median),
             mib(idle),
@@ -174,7 +178,8 @@ pub fn render(result: &PlanResult, rate: f64, connections: usize) -> String {
     let _ = writeln!(
         out,
         "   closed loop: {connections} connections; CPU, p50 and p99 at a fixed {rate:.0} requests/s (open loop); \
-         busy = the proxy's CPU time during the closed loop, % of one core; RSS in MiB; \
+         busy = the proxy's CPU time during the closed loop, % of one core; \
+         user = the median CPU µs/req spent in user space (the rest is the kernel's); RSS in MiB; \
          × = median ratio per round (min-max); ± = half the range over rounds"
     );
     out.push_str(&idle_connections(result));
