@@ -8,6 +8,10 @@
 //! `/proc/thread-self/schedstat`), so that other work on the machine does not count; they
 //! are only comparable when the machine has the threads' cores to spare.
 //!
+//! Then the routing table's look-up as each request starts, the same two ways: a clone of the
+//! shared `Arc` (a write to its reference count, which every worker writes) against a
+//! connection's own [`Runtime::route_cache`] (a pointer compared).
+//!
 //! `cargo bench -p canary-proxy --bench accounting`
 
 use std::hint::black_box;
@@ -45,6 +49,13 @@ fn main() {
         let spread = best(threads, &|_| three.run());
         let theirs = best(threads, &shared);
         println!("{threads:>7}  {single:>18.1}  {spread:>19.1}  {theirs:>22.1}");
+    }
+    println!();
+    println!("threads  shared table clone ns/request  connection's cache ns/request");
+    for threads in [1, 2] {
+        let cloned = best(threads, &|_| one.look_up_shared());
+        let cached = best(threads, &|_| one.look_up_cached());
+        println!("{threads:>7}  {cloned:>30.1}  {cached:>29.1}");
     }
     for bench in [one, three] {
         bench.check();
@@ -90,6 +101,24 @@ impl Bench {
                 Outcome::Response(200),
                 latency,
             );
+        }
+    }
+
+    /// [`CALLS`] requests each taking its own reference to the table, as the hyper path does.
+    fn look_up_shared(&self) {
+        for _ in 0..CALLS {
+            let table = (*self.runtime.routes()).clone();
+            black_box(table.as_ref().map(|t| t.config.stable));
+        }
+    }
+
+    /// [`CALLS`] requests of one connection each finding the table through its cache, as the
+    /// lean path does.
+    fn look_up_cached(&self) {
+        let mut routes = self.runtime.route_cache();
+        for _ in 0..CALLS {
+            let table = routes.load();
+            black_box(table.as_ref().map(|t| t.config.stable));
         }
     }
 

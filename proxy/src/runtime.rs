@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::cache::Cache;
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::broadcast;
 use tracing::{error, info, warn};
@@ -20,6 +21,9 @@ use crate::rollback::judge::Judge;
 use crate::rollback::tally::Tally;
 use crate::route::{RolledBack, RouteTable};
 use crate::upstream::endpoints::Endpoints;
+
+/// See [`Runtime::route_cache`].
+pub type RouteCache<'a> = Cache<&'a ArcSwapOption<RouteTable>, Option<Arc<RouteTable>>>;
 
 /// A rollback the data path decided, for whoever persists it (the Kubernetes write-back).
 #[derive(Clone, Debug)]
@@ -140,6 +144,14 @@ impl Runtime {
     /// The current routing table, for one request.
     pub fn routes(&self) -> Guard<Option<Arc<RouteTable>>> {
         self.routes.load()
+    }
+
+    /// A connection's own view of the routing table, for one request after another: a
+    /// pointer compared per request, and the table's shared reference count touched only
+    /// when the table has changed, so that requests on different workers write no common
+    /// cache line to find their routes.
+    pub fn route_cache(&self) -> RouteCache<'_> {
+        Cache::new(&self.routes)
     }
 
     /// Milliseconds since start on a monotonic clock: the history's time base.
