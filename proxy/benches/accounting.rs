@@ -8,9 +8,10 @@
 //! work on the machine does not count; they are only comparable when the machine has the
 //! threads' cores to spare.
 //!
-//! Then the routing table's look-up as each request starts, the same two ways: a clone of the
-//! shared `Arc` (a write to its reference count, which every worker writes) against a
-//! connection's own [`Runtime::route_cache`] (a pointer compared).
+//! Then the routing table's look-up as each request starts, three ways: a clone of the shared
+//! `Arc` (a write to its reference count, which every worker writes), a connection's own
+//! [`Runtime::route_cache`] (a pointer compared; the lean path), and a clone of the thread's
+//! [`Runtime::current`] handle (a count only that thread writes; the hyper path).
 //!
 //! `cargo bench -p canary-proxy --bench accounting`
 
@@ -51,11 +52,14 @@ fn main() {
         println!("{threads:>7}  {single:>18.1}  {spread:>19.1}  {theirs:>22.1}");
     }
     println!();
-    println!("threads  shared table clone ns/request  connection's cache ns/request");
+    println!(
+        "threads  shared table clone ns/request  connection's cache ns/request  thread's handle ns/request"
+    );
     for threads in [1, 2] {
         let cloned = best(threads, &|_| one.look_up_shared());
         let cached = best(threads, &|_| one.look_up_cached());
-        println!("{threads:>7}  {cloned:>30.1}  {cached:>29.1}");
+        let current = best(threads, &|_| one.look_up_current());
+        println!("{threads:>7}  {cloned:>30.1}  {cached:>29.1}  {current:>26.1}");
     }
     for bench in [one, three] {
         bench.check();
@@ -104,7 +108,8 @@ impl Bench {
         }
     }
 
-    /// [`CALLS`] requests each taking its own reference to the table, as the hyper path does.
+    /// [`CALLS`] requests each taking their own reference to the shared table, as the hyper
+    /// path did.
     fn look_up_shared(&self) {
         for _ in 0..CALLS {
             let table = (*self.runtime.routes()).clone();
@@ -120,6 +125,14 @@ impl Bench {
             // Through `black_box`, or the compiler would look the table up once for the loop.
             let table = black_box(&mut routes).load();
             black_box(table.as_ref().map(|t| t.config.stable));
+        }
+    }
+
+    /// [`CALLS`] requests each taking the thread's handle on the table, as the hyper path does.
+    fn look_up_current(&self) {
+        for _ in 0..CALLS {
+            let current = black_box(&self.runtime).current();
+            black_box(current.as_ref().map(|c| c.table.config.stable));
         }
     }
 

@@ -26,8 +26,8 @@ use crate::config::{Color, Protocol};
 use crate::headers;
 use crate::listener::{ClientConn, TunnelSlot};
 use crate::metrics::ErrorKind;
-use crate::route::{Choice, RouteTable};
-use crate::runtime::Runtime;
+use crate::route::Choice;
+use crate::runtime::Current;
 use crate::upstream::Fault;
 
 /// Handles one client request on `conn`.
@@ -42,13 +42,13 @@ pub async fn handle(
 }
 
 async fn respond(conn: &ClientConn, mut req: Request<Incoming>) -> Response<ResponseBody> {
-    let runtime = &conn.runtime;
-    let Some(table) = (*runtime.routes()).clone() else {
+    let Some(current) = conn.runtime.current() else {
         return local(
             StatusCode::SERVICE_UNAVAILABLE,
             "no configuration loaded yet\n",
         );
     };
+    let table = &current.table;
     let upgrade = upgrade_of(&mut req);
     let (mut head, body) = req.into_parts();
     let policy = &table.config.client;
@@ -102,8 +102,7 @@ async fn respond(conn: &ClientConn, mut req: Request<Incoming>) -> Response<Resp
         }
     });
     let req = Request::from_parts(head, body);
-    let runtime = runtime.clone();
-    forward(runtime, table, choice, req, tunnel).await
+    forward(current, choice, req, tunnel).await
 }
 
 /// The client side of a tunnel the request asks for, and what it may use.
@@ -125,12 +124,12 @@ fn expects_continue(headers: &HeaderMap) -> bool {
 
 /// Sends `req` to the chosen color, and to stable instead if it could not reach the canary.
 async fn forward(
-    runtime: Arc<Runtime>,
-    table: Arc<RouteTable>,
+    current: Arc<Current>,
     mut choice: Choice,
     mut req: Request<RequestBody>,
     client_upgrade: Option<Tunnel>,
 ) -> Response<ResponseBody> {
+    let Current { runtime, table } = &*current;
     let config = &table.config;
     loop {
         let color = choice.color;
@@ -142,7 +141,7 @@ async fn forward(
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let Some(client) = client_upgrade else {
                         runtime.account(
-                            &table,
+                            table,
                             choice,
                             Some(&served),
                             Outcome::NoResponse(ErrorKind::Reset),
@@ -154,7 +153,7 @@ async fn forward(
                         );
                     };
                     runtime.account(
-                        &table,
+                        table,
                         choice,
                         Some(&served),
                         Outcome::Response(101),
@@ -177,14 +176,14 @@ async fn forward(
                 }
                 // The request's own table goes with its body, to account it at its end.
                 let pending = Pending {
-                    table,
+                    current: Arc::clone(&current),
                     choice,
                     status,
                     latency,
                     judged,
                     served,
                 };
-                let body = ResponseBody::upstream(body, lease, runtime, pending);
+                let body = ResponseBody::upstream(body, lease, pending);
                 return Response::from_parts(head, body);
             }
             Err(missed) => missed,
@@ -197,7 +196,7 @@ async fn forward(
         };
         let served = missed.served;
         runtime.account(
-            &table,
+            table,
             choice,
             served.as_ref(),
             Outcome::NoResponse(kind),

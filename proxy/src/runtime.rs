@@ -1,6 +1,7 @@
 //! The proxy's shared state: the routing table behind one `ArcSwap`, the metrics, readiness,
 //! and the two ways the table changes: a new configuration, or a rollback.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -21,6 +22,20 @@ use crate::rollback::judge::Judge;
 use crate::rollback::tally::Tally;
 use crate::route::{RolledBack, RouteTable};
 use crate::upstream::endpoints::Endpoints;
+
+/// A worker thread's handle on the runtime and its current routing table, for a request that
+/// owns them until its response ends (the hyper path): see [`Runtime::current`].
+pub struct Current {
+    /// The proxy's shared state.
+    pub runtime: Arc<Runtime>,
+    /// The routing table when the handle was made.
+    pub table: Arc<RouteTable>,
+}
+
+thread_local! {
+    /// This thread's [`Current`], made again when the table or the runtime is another.
+    static CURRENT: RefCell<Option<Arc<Current>>> = const { RefCell::new(None) };
+}
 
 /// See [`Runtime::route_cache`].
 pub type RouteCache<'a> = Cache<&'a ArcSwapOption<RouteTable>, Option<Arc<RouteTable>>>;
@@ -152,6 +167,29 @@ impl Runtime {
     /// cache line to find their routes.
     pub fn route_cache(&self) -> RouteCache<'_> {
         Cache::new(&self.routes)
+    }
+
+    /// The runtime and its current routing table, owned, for one request; `None` before the
+    /// first configuration. Each worker thread keeps one handle per table and gives out clones
+    /// of it: a clone writes a count that only this thread writes, where cloning the shared
+    /// `Arc`s would write two lines that every worker writes, at every request.
+    pub fn current(self: &Arc<Self>) -> Option<Arc<Current>> {
+        let loaded = self.routes.load();
+        let table = loaded.as_ref()?;
+        CURRENT.with_borrow_mut(|held| {
+            if let Some(current) = held
+                .as_ref()
+                .filter(|c| Arc::ptr_eq(&c.table, table) && Arc::ptr_eq(&c.runtime, self))
+            {
+                return Some(Arc::clone(current));
+            }
+            let current = Arc::new(Current {
+                runtime: Arc::clone(self),
+                table: Arc::clone(table),
+            });
+            *held = Some(Arc::clone(&current));
+            Some(current)
+        })
     }
 
     /// Milliseconds since start on a monotonic clock: the history's time base.

@@ -19,8 +19,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::accounting::Outcome;
 use crate::metrics::ErrorKind;
-use crate::route::{Choice, RouteTable};
-use crate::runtime::Runtime;
+use crate::route::Choice;
+use crate::runtime::Current;
 use crate::upstream::Lease;
 use crate::upstream::endpoints::Served;
 
@@ -48,8 +48,6 @@ pub struct Streamed {
     body: Incoming,
     /// Returned to the pool when the body has been read to its end.
     lease: Option<Lease>,
-    /// Where the outcome is accounted.
-    runtime: Arc<Runtime>,
     /// The exchange to account when the body ends; `None` once accounted.
     pending: Option<Pending>,
     /// Armed the first time the upstream has nothing to give; boxed only for bodies that wait.
@@ -58,8 +56,8 @@ pub struct Streamed {
 
 /// What accounting an exchange at its end needs.
 pub struct Pending {
-    /// The routing table of the request.
-    pub table: Arc<RouteTable>,
+    /// The runtime and the routing table of the request.
+    pub current: Arc<Current>,
     /// Where the request went, and whether it is evidence.
     pub choice: Choice,
     /// The response's status.
@@ -87,8 +85,8 @@ impl Streamed {
     fn settle(&mut self, end: End) {
         if let Some(p) = self.pending.take() {
             let outcome = end.outcome(p.status, p.judged);
-            self.runtime
-                .account(&p.table, p.choice, Some(&p.served), outcome, p.latency);
+            let Current { runtime, table } = &*p.current;
+            runtime.account(table, p.choice, Some(&p.served), outcome, p.latency);
         }
     }
 
@@ -97,7 +95,7 @@ impl Streamed {
         let Some(timeout) = self
             .pending
             .as_ref()
-            .map(|p| p.table.config.timeouts.response_idle)
+            .map(|p| p.current.table.config.timeouts.response_idle)
         else {
             return Poll::Pending;
         };
@@ -110,7 +108,7 @@ impl Streamed {
     fn progressed(&mut self) {
         if let (Some(idle), Some(p)) = (&mut self.idle, &self.pending) {
             idle.as_mut()
-                .reset(Instant::now() + p.table.config.timeouts.response_idle);
+                .reset(Instant::now() + p.current.table.config.timeouts.response_idle);
         }
     }
 }
@@ -144,11 +142,10 @@ impl End {
 
 impl ResponseBody {
     /// Streams `body` from an upstream; `pending` is the exchange to account at its end.
-    pub fn upstream(body: Incoming, lease: Lease, runtime: Arc<Runtime>, pending: Pending) -> Self {
+    pub fn upstream(body: Incoming, lease: Lease, pending: Pending) -> Self {
         let mut streamed = Streamed {
             body,
             lease: Some(lease),
-            runtime,
             pending: Some(pending),
             idle: None,
         };
