@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::futures::Notified;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
@@ -90,6 +91,9 @@ pub enum Phase {
 #[derive(Clone, Debug)]
 pub struct Drain {
     phase: watch::Receiver<Phase>,
+    /// Notified at every move of the phase, for waits that must be small (see
+    /// [`Drain::moved`]).
+    moved: Arc<Notify>,
     /// Upgraded tunnels open now, for `limit.tunnels`.
     tunnels: Arc<AtomicUsize>,
 }
@@ -97,20 +101,31 @@ pub struct Drain {
 /// The listener's side of shutdown: moves every [`Drain`] through the phases.
 pub struct Shutdown {
     phase: watch::Sender<Phase>,
+    moved: Arc<Notify>,
 }
 
 /// A new shutdown controller and the first handle to it, counting open tunnels in `tunnels`.
 pub fn shutdown_pair(tunnels: Arc<AtomicUsize>) -> (Shutdown, Drain) {
     let (phase, rx) = watch::channel(Phase::Serving);
-    let drain = Drain { phase: rx, tunnels };
-    (Shutdown { phase }, drain)
+    let moved = Arc::new(Notify::new());
+    let drain = Drain {
+        phase: rx,
+        moved: Arc::clone(&moved),
+        tunnels,
+    };
+    (Shutdown { phase, moved }, drain)
 }
 
 impl Shutdown {
+    fn enter(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+        self.moved.notify_waiters();
+    }
+
     /// Tells connections to finish and waits for them and for tunnels up to `timeout`; then
     /// tells whatever is left to close and gives it a moment to do so cleanly.
     pub async fn drain(self, timeout: Duration) {
-        self.phase.send_replace(Phase::Draining);
+        self.enter(Phase::Draining);
         info!(
             open = self.phase.receiver_count(),
             "stopped accepting, draining"
@@ -119,7 +134,7 @@ impl Shutdown {
             () = self.phase.closed() => info!("all connections drained"),
             () = tokio::time::sleep(timeout) => {
                 warn!(?timeout, open = self.phase.receiver_count(), "drain timeout reached, closing the remaining connections and tunnels");
-                self.phase.send_replace(Phase::Closing);
+                self.enter(Phase::Closing);
                 let _ = tokio::time::timeout(CLOSE_GRACE, self.phase.closed()).await;
             }
         }
@@ -138,6 +153,14 @@ impl Drain {
             Ok(()) => *self.phase.borrow_and_update(),
             Err(_) => Phase::Closing,
         }
+    }
+
+    /// Resolves at the phase's next move. Smaller than [`Drain::changed`] (a bare `Notified`,
+    /// which an idle connection holds for as long as it is idle); it sees every move after
+    /// it was made, polled or not, so the caller makes it, then reads [`Drain::phase`], then
+    /// waits.
+    pub fn moved(&self) -> Notified<'_> {
+        self.moved.notified()
     }
 
     /// Waits until the drain timeout says everything must close.
