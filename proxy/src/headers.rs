@@ -14,12 +14,41 @@ use http::{HeaderMap, Request, Version, request, response};
 
 use crate::config::UpstreamAddr;
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// The client's forwarding fields, which the proxy replaces, or appends to for a trusted peer.
+pub static FORWARDING: [HeaderName; 4] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("forwarded"),
+];
+static X_FORWARDED_FOR: &HeaderName = &FORWARDING[0];
+static X_FORWARDED_PROTO: &HeaderName = &FORWARDING[1];
+static X_FORWARDED_HOST: &HeaderName = &FORWARDING[2];
+
+/// Fields that describe one connection, not the message (RFC 9110 §7.6.1).
+pub static HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    PROXY_AUTHORIZATION,
+    PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Besides [`FORWARDING`], the fields a `Connection` option may not remove.
+static END_TO_END: [HeaderName; 3] = [HOST, VIA, TRAILER];
+
+/// The proxy's own `Via` entry on an HTTP/1.1 hop.
+pub const VIA_HTTP11: &str = "1.1 canary-proxy";
+
+/// Whether `name`, as raw bytes of any case, is one of `names` (for heads held as bytes).
+pub fn listed(names: &[HeaderName], name: &[u8]) -> bool {
+    names
+        .iter()
+        .any(|known| known.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
 
 /// How the client reached the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,12 +81,7 @@ pub fn to_upstream(head: &mut request::Parts, client: &HeaderValue, scheme: Sche
         forwarded |= is_forwarding(name);
     }
     if forwarded && !trusted {
-        for name in [
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &FORWARDED,
-        ] {
+        for name in &FORWARDING {
             head.headers.remove(name);
         }
     }
@@ -82,17 +106,17 @@ pub fn to_upstream(head: &mut request::Parts, client: &HeaderValue, scheme: Sche
     }
     let keep_forwarded = forwarded && trusted;
     if let Some(host) = head.headers.get(HOST).cloned()
-        && !(keep_forwarded && head.headers.contains_key(&X_FORWARDED_HOST))
+        && !(keep_forwarded && head.headers.contains_key(X_FORWARDED_HOST))
     {
-        head.headers.insert(&X_FORWARDED_HOST, host);
+        head.headers.insert(X_FORWARDED_HOST, host);
     }
     if keep_forwarded {
         append(&mut head.headers, X_FORWARDED_FOR.clone(), client.clone());
     } else {
-        head.headers.insert(&X_FORWARDED_FOR, client.clone());
+        head.headers.insert(X_FORWARDED_FOR, client.clone());
     }
-    if !(keep_forwarded && head.headers.contains_key(&X_FORWARDED_PROTO)) {
-        head.headers.insert(&X_FORWARDED_PROTO, scheme.value());
+    if !(keep_forwarded && head.headers.contains_key(X_FORWARDED_PROTO)) {
+        head.headers.insert(X_FORWARDED_PROTO, scheme.value());
     }
     append(&mut head.headers, VIA, via);
 }
@@ -110,26 +134,17 @@ pub fn client_value(ip: IpAddr) -> HeaderValue {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION
-        || name == TE
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-        || name == PROXY_AUTHORIZATION
-        || name == PROXY_AUTHENTICATE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+    HOP_BY_HOP.contains(name)
 }
 
-/// Fields a `Connection` option may not remove: the proxy must send them on.
-fn is_end_to_end(name: &HeaderName) -> bool {
-    name == HOST || name == VIA || name == TRAILER || is_forwarding(name)
+/// Whether a `Connection` option naming `name` (raw bytes, any case) must be ignored: the
+/// proxy must send that field on.
+pub fn is_end_to_end(name: &[u8]) -> bool {
+    listed(&END_TO_END, name) || listed(&FORWARDING, name)
 }
 
 fn is_forwarding(name: &HeaderName) -> bool {
-    name == X_FORWARDED_FOR
-        || name == X_FORWARDED_PROTO
-        || name == X_FORWARDED_HOST
-        || name == FORWARDED
+    FORWARDING.contains(name)
 }
 
 /// Puts a request in HTTP/1.1 form: origin-form target, `Host` header, no `TE`, and HTTP/2's
@@ -209,22 +224,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .filter(|name| !is_end_to_end(name))
+            .filter(|name| !is_end_to_end(name.as_str().as_bytes()))
             .collect();
         for name in named {
             headers.remove(name);
         }
-        headers.remove(CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &PROXY_AUTHORIZATION,
-        &PROXY_AUTHENTICATE,
-    ] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -233,7 +239,7 @@ fn via_value(version: Version) -> HeaderValue {
     HeaderValue::from_static(match version {
         Version::HTTP_2 => "2 canary-proxy",
         Version::HTTP_10 => "1.0 canary-proxy",
-        _ => "1.1 canary-proxy",
+        _ => VIA_HTTP11,
     })
 }
 

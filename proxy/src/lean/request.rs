@@ -11,6 +11,7 @@ use std::io::Write;
 use http::HeaderName;
 
 use crate::admission::{MAX_HEADER_VALUE, MAX_URI};
+use crate::headers::{FORWARDING, HOP_BY_HOP, VIA_HTTP11, listed};
 use crate::route::HeaderLookup;
 
 /// Header fields parsed at most: hyper's own default, and `Limits::max_headers`'s.
@@ -161,11 +162,7 @@ impl Head {
                     return Parsed::Fallback;
                 }
                 Kind::Connection
-            } else if is("x-forwarded-for")
-                || is("x-forwarded-proto")
-                || is("x-forwarded-host")
-                || is("forwarded")
-            {
+            } else if listed(&FORWARDING, name) {
                 if trusted {
                     return Parsed::Fallback;
                 }
@@ -175,16 +172,7 @@ impl Head {
             } else if is("cookie") {
                 cookies += 1;
                 Kind::Cookie
-            } else if is("transfer-encoding")
-                || is("upgrade")
-                || is("expect")
-                || is("te")
-                || is("keep-alive")
-                || is("proxy-connection")
-                || is("proxy-authorization")
-                || is("proxy-authenticate")
-                || is("http2-settings")
-            {
+            } else if listed(&HOP_BY_HOP, name) || is("expect") || is("http2-settings") {
                 return Parsed::Fallback;
             } else {
                 if is("idempotency-key") {
@@ -218,7 +206,6 @@ impl Head {
         out.push(b' ');
         out.extend_from_slice(self.target.in_buf(buf));
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut via = false;
         for field in &self.fields {
             match field.kind {
                 Kind::Plain | Kind::Cookie => {
@@ -232,16 +219,11 @@ impl Head {
         out.extend_from_slice(b"x-forwarded-proto: http\r\nvia: ");
         // Several `Via` lines are one list: joined, with the proxy's own last.
         for field in self.fields.iter().filter(|f| f.kind == Kind::Via) {
-            if via {
-                out.extend_from_slice(b", ");
-            }
             out.extend_from_slice(field.value.in_buf(buf));
-            via = true;
-        }
-        if via {
             out.extend_from_slice(b", ");
         }
-        out.extend_from_slice(b"1.1 canary-proxy\r\n\r\n");
+        out.extend_from_slice(VIA_HTTP11.as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
     }
 
     /// This head's fields as routing reads them.
@@ -264,7 +246,7 @@ pub fn write_number(out: &mut Vec<u8>, value: u64) {
 }
 
 /// A `Content-Length` value: one decimal number, nothing else.
-fn digits(value: &[u8]) -> Option<u64> {
+pub fn digits(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -439,7 +421,7 @@ mod tests {
                     req = req.header(name, value);
                 }
                 let map = req.body(()).unwrap().into_parts().0.headers;
-                let lean = table.choose_by(&head.lookup(raw.as_bytes()));
+                let lean = table.choose(&head.lookup(raw.as_bytes()));
                 // Where the choice is not a random draw, both must make the same one.
                 let forced = lean.evidence == crate::rollback::tally::Evidence::Forced;
                 if forced || key.is_some_and(|k| fields.contains(k)) {

@@ -6,7 +6,8 @@
 //!
 //! [`headers::to_client`]: crate::headers::to_client
 
-use crate::lean::request::{Span, write_field, write_number};
+use crate::headers::{HOP_BY_HOP, VIA_HTTP11, is_end_to_end, listed};
+use crate::lean::request::{Span, digits, write_field, write_number};
 
 /// Header fields of a response parsed at most (hyper's client default).
 const MAX_FIELDS: usize = 100;
@@ -94,7 +95,7 @@ pub fn parse(
         fields.push((Span::of(buf, name), Span::of(buf, value)));
         let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
         if is(b"content-length") {
-            let n = parse_length(value).ok_or(HeadError::Length)?;
+            let n = digits(value.trim_ascii()).ok_or(HeadError::Length)?;
             if length.is_some_and(|l| l != n) {
                 return Err(HeadError::Length);
             }
@@ -155,14 +156,6 @@ pub fn parse(
     }))
 }
 
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
-}
-
 /// Writes the head the client gets for the response head in `buf` (its `fields` as
 /// [`parse`] found them) into `out`. `color`: the color header's name and value, when
 /// configured; `close`: the client connection closes after this response.
@@ -197,7 +190,7 @@ pub fn write_client(
     }
     let options = &options[..named];
     for (name, value) in fields() {
-        if is_hop_by_hop(name)
+        if listed(&HOP_BY_HOP, name)
             || name.eq_ignore_ascii_case(b"via")
             || options.iter().any(|o| o.eq_ignore_ascii_case(name))
             || color.is_some_and(|(header, _)| header.eq_ignore_ascii_case(name))
@@ -212,7 +205,8 @@ pub fn write_client(
         out.extend_from_slice(value);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(b"1.1 canary-proxy\r\n");
+    out.extend_from_slice(VIA_HTTP11.as_bytes());
+    out.extend_from_slice(b"\r\n");
     if let Some((name, value)) = color {
         write_field(out, name, value);
     }
@@ -225,37 +219,6 @@ pub fn write_client(
         Framing::Empty | Framing::Length(_) => {}
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// Fields that describe one connection, not the message (RFC 9110 §7.6.1).
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    [
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-    ]
-    .iter()
-    .any(|h| h.eq_ignore_ascii_case(name))
-}
-
-/// Fields a `Connection` option may not remove.
-fn is_end_to_end(name: &[u8]) -> bool {
-    [
-        &b"host"[..],
-        b"via",
-        b"trailer",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"forwarded",
-    ]
-    .iter()
-    .any(|h| h.eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]
