@@ -79,14 +79,10 @@ impl RouteTable {
         }
     }
 
-    /// Chooses the color for a request with these headers.
-    pub fn choose(&self, headers: &HeaderMap) -> Choice {
-        self.choose_by(headers)
-    }
-
-    /// Chooses the color for a request whose headers `headers` looks up: one implementation of
-    /// the canary rules for every way a request head is held.
-    pub fn choose_by(&self, headers: &impl HeaderLookup) -> Choice {
+    /// Chooses the color for a request whose headers `headers` looks up (a `HeaderMap`, or
+    /// the lean path's spans): one implementation of the canary rules for every way a request
+    /// head is held.
+    pub fn choose(&self, headers: &impl HeaderLookup) -> Choice {
         let config = &*self.config;
         let (stable, canary) = (config.stable, config.canary());
         let forced = |color| Choice {

@@ -102,7 +102,7 @@ pub(super) async fn run<T: ClientIo>(
     } = work;
     let config = &table.config;
     let runtime = &conn.runtime;
-    let mut choice = table.choose_by(&head.lookup(request));
+    let mut choice = table.choose(&head.lookup(request));
     head.write_upstream(request, conn.client_value.as_bytes(), out);
     let body_in_buf = (request.len() - head.len).min(head.body as usize);
     let body = Body {

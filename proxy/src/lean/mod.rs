@@ -11,7 +11,7 @@
 //! far, for the rest of the connection: nothing has been written for that request yet, so
 //! hyper answers it exactly as the hyper path always does.
 //!
-//! Routing ([`RouteTable::choose_by`](crate::route::RouteTable::choose_by)), the endpoint
+//! Routing ([`RouteTable::choose`](crate::route::RouteTable::choose)), the endpoint
 //! choice and outlier ejection ([`Endpoints`](crate::upstream::endpoints::Endpoints)) and the
 //! accounting ([`Runtime::account`](crate::runtime::Runtime)) are the hyper path's own.
 
