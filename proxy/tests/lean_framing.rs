@@ -16,10 +16,14 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_canary-proxy"))
 }
 
-async fn proxy(upstream: &str) -> ProxyProcess {
-    ProxyProcess::in_front_of(bin(), upstream, &[])
+/// A proxy in front of `upstream`, and a client connection to it (the proxy lives as long as
+/// the first).
+async fn proxy(upstream: &str) -> (ProxyProcess, RawConn) {
+    let proxy = ProxyProcess::in_front_of(bin(), upstream, &[])
         .await
-        .expect("proxy starts")
+        .expect("proxy starts");
+    let conn = RawConn::connect(proxy.addr).await.unwrap();
+    (proxy, conn)
 }
 
 /// Reads until `bytes` holds `needle` `times` times, the connection closes, or `WAIT` passes.
@@ -43,8 +47,7 @@ async fn read_while(conn: &mut RawConn, more: impl Fn(&str) -> bool) -> String {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let upstream = RecordingUpstream::start().await;
-    let proxy = proxy(&upstream.authority()).await;
-    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    let (_proxy, mut conn) = proxy(&upstream.authority()).await;
     conn.send(
         b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n\
           POST /3 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /4 HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -60,8 +63,7 @@ async fn pipelined_requests_are_answered_in_order() {
 #[tokio::test]
 async fn expect_100_continue_still_works_and_the_connection_goes_on() {
     let upstream = RecordingUpstream::start().await;
-    let proxy = proxy(&upstream.authority()).await;
-    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    let (_proxy, mut conn) = proxy(&upstream.authority()).await;
     conn.send(b"GET /before HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -88,8 +90,7 @@ async fn a_chunked_response_with_trailers_passes_and_the_connection_is_reused() 
             .to_vec(),
     ))
     .await;
-    let proxy = proxy(&upstream.authority()).await;
-    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    let (_proxy, mut conn) = proxy(&upstream.authority()).await;
     for round in 1..=2 {
         conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -123,8 +124,7 @@ async fn head_204_and_304_have_no_body() {
         ),
     ] {
         let upstream = ScriptedUpstream::start(Script::Reply(response.to_vec())).await;
-        let proxy = proxy(&upstream.authority()).await;
-        let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+        let (_proxy, mut conn) = proxy(&upstream.authority()).await;
         let status = &String::from_utf8_lossy(response)[..12];
         // Twice on one connection: a body read where there is none would swallow the second.
         conn.send(&[request, request].concat()).await.unwrap();
@@ -142,8 +142,7 @@ async fn a_response_with_both_lengths_gets_502_and_its_connection_is_dropped() {
             .to_vec(),
     ))
     .await;
-    let proxy = proxy(&upstream.authority()).await;
-    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    let (_proxy, mut conn) = proxy(&upstream.authority()).await;
     for round in 1..=2 {
         conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -158,8 +157,7 @@ async fn a_response_with_both_lengths_gets_502_and_its_connection_is_dropped() {
 #[tokio::test]
 async fn a_head_split_across_many_reads_is_put_together() {
     let upstream = RecordingUpstream::start().await;
-    let proxy = proxy(&upstream.authority()).await;
-    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    let (_proxy, mut conn) = proxy(&upstream.authority()).await;
     let request = b"GET /split?q=1 HTTP/1.1\r\nHost: x\r\nX-Long: abcdefghij\r\n\r\n";
     for (i, piece) in request.chunks(3).enumerate() {
         conn.send(piece).await.unwrap();
@@ -181,8 +179,7 @@ async fn a_head_split_across_many_reads_is_put_together() {
 #[tokio::test]
 async fn a_connection_leaves_the_lean_path_mid_way_and_is_still_served() {
     let upstream = RecordingUpstream::start().await;
-    let proxy = proxy(&upstream.authority()).await;
-    let mut conn = RawConn::connect(proxy.addr).await.unwrap();
+    let (_proxy, mut conn) = proxy(&upstream.authority()).await;
     conn.send(
         b"GET /lean HTTP/1.1\r\nHost: x\r\n\r\n\
           POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\

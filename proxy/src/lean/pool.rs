@@ -38,14 +38,10 @@ thread_local! {
     static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
 
-fn with_idle<T>(f: impl FnOnce(&mut Vec<Idle>) -> T) -> T {
-    IDLE.with_borrow_mut(f)
-}
-
 /// An idle connection to `upstream` that is still open, if there is one.
 pub fn take(upstream: &Upstream) -> Option<TcpStream> {
     let key = upstream.pool_key();
-    with_idle(|idle| {
+    IDLE.with_borrow_mut(|idle| {
         let entry = idle.iter_mut().find(|e| e.key == key)?;
         if entry.retired.load(Relaxed) {
             entry.conns.clear();
@@ -69,7 +65,7 @@ pub fn put(upstream: &Upstream, stream: TcpStream, idle: Duration) {
     }
     let key = upstream.pool_key();
     let expires = Instant::now() + idle;
-    with_idle(|pool| {
+    IDLE.with_borrow_mut(|pool| {
         let entry = match pool.iter().position(|e| e.key == key) {
             Some(i) => &mut pool[i],
             None => {
@@ -113,7 +109,7 @@ async fn sweep() {
     loop {
         tokio::time::sleep(SWEEP).await;
         let now = Instant::now();
-        with_idle(|idle| {
+        IDLE.with_borrow_mut(|idle| {
             for entry in idle.iter_mut() {
                 if entry.retired.load(Relaxed) {
                     entry.conns.clear();
