@@ -4,50 +4,49 @@
 
 use std::net::IpAddr;
 
-use http::header::{
-    CONNECTION, COOKIE, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE, VIA,
-};
+use http::header::{CONNECTION, COOKIE, HOST, HeaderName, HeaderValue, TE, VIA};
 use http::header::{Entry, OccupiedEntry};
 use http::uri::{Authority, PathAndQuery, Scheme as UriScheme, Uri};
 use http::{HeaderMap, Request, Version, request, response};
 
 use crate::config::UpstreamAddr;
 
-/// The client's forwarding fields, which the proxy replaces, or appends to for a trusted peer.
-pub static FORWARDING: [HeaderName; 4] = [
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("forwarded"),
-];
-static X_FORWARDED_FOR: &HeaderName = &FORWARDING[0];
-static X_FORWARDED_PROTO: &HeaderName = &FORWARDING[1];
-static X_FORWARDED_HOST: &HeaderName = &FORWARDING[2];
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Fields that describe one connection, not the message (RFC 9110 §7.6.1).
-pub static HOP_BY_HOP: [HeaderName; 8] = [
-    CONNECTION,
-    TE,
-    TRANSFER_ENCODING,
-    UPGRADE,
-    PROXY_AUTHORIZATION,
-    PROXY_AUTHENTICATE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
+/// Fields that describe one connection, not the message (RFC 9110 §7.6.1). Names as `&str`,
+/// so that both a `HeaderMap` and a head held as bytes compare against the one list.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// The client's forwarding fields, which the proxy replaces, or appends to for a trusted peer.
+pub const FORWARDING: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
 ];
 
 /// Besides [`FORWARDING`], the fields a `Connection` option may not remove.
-static END_TO_END: [HeaderName; 3] = [HOST, VIA, TRAILER];
+const END_TO_END: [&str; 3] = ["host", "via", "trailer"];
 
 /// The proxy's own `Via` entry on an HTTP/1.1 hop.
 pub const VIA_HTTP11: &str = "1.1 canary-proxy";
 
 /// Whether `name`, as raw bytes of any case, is one of `names` (for heads held as bytes).
-pub fn listed(names: &[HeaderName], name: &[u8]) -> bool {
+pub fn listed(names: &[&str], name: &[u8]) -> bool {
     names
         .iter()
-        .any(|known| known.as_str().as_bytes().eq_ignore_ascii_case(name))
+        .any(|known| known.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// How the client reached the proxy.
@@ -81,7 +80,7 @@ pub fn to_upstream(head: &mut request::Parts, client: &HeaderValue, scheme: Sche
         forwarded |= is_forwarding(name);
     }
     if forwarded && !trusted {
-        for name in &FORWARDING {
+        for name in FORWARDING {
             head.headers.remove(name);
         }
     }
@@ -106,17 +105,17 @@ pub fn to_upstream(head: &mut request::Parts, client: &HeaderValue, scheme: Sche
     }
     let keep_forwarded = forwarded && trusted;
     if let Some(host) = head.headers.get(HOST).cloned()
-        && !(keep_forwarded && head.headers.contains_key(X_FORWARDED_HOST))
+        && !(keep_forwarded && head.headers.contains_key(&X_FORWARDED_HOST))
     {
-        head.headers.insert(X_FORWARDED_HOST, host);
+        head.headers.insert(&X_FORWARDED_HOST, host);
     }
     if keep_forwarded {
         append(&mut head.headers, X_FORWARDED_FOR.clone(), client.clone());
     } else {
-        head.headers.insert(X_FORWARDED_FOR, client.clone());
+        head.headers.insert(&X_FORWARDED_FOR, client.clone());
     }
-    if !(keep_forwarded && head.headers.contains_key(X_FORWARDED_PROTO)) {
-        head.headers.insert(X_FORWARDED_PROTO, scheme.value());
+    if !(keep_forwarded && head.headers.contains_key(&X_FORWARDED_PROTO)) {
+        head.headers.insert(&X_FORWARDED_PROTO, scheme.value());
     }
     append(&mut head.headers, VIA, via);
 }
@@ -134,7 +133,7 @@ pub fn client_value(ip: IpAddr) -> HeaderValue {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// Whether a `Connection` option naming `name` (raw bytes, any case) must be ignored: the
@@ -144,7 +143,7 @@ pub fn is_end_to_end(name: &[u8]) -> bool {
 }
 
 fn is_forwarding(name: &HeaderName) -> bool {
-    FORWARDING.contains(name)
+    FORWARDING.contains(&name.as_str())
 }
 
 /// Puts a request in HTTP/1.1 form: origin-form target, `Host` header, no `TE`, and HTTP/2's
@@ -230,7 +229,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
