@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use canary_testkit::proxy::ProxyProcess;
-use canary_testkit::upstream::TestUpstream;
+use canary_testkit::upstream::{TestUpstream, assert_even_spread};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_canary-proxy"))
@@ -79,18 +79,8 @@ async fn requests_spread_evenly_across_a_colors_pods_under_keep_alive() {
     assert!(statuses.iter().all(|&s| s == 200));
     for (color, pods) in [("blue", &blue), ("green", &green)] {
         let served: Vec<u64> = pods.iter().map(TestUpstream::served).collect();
-        let total: u64 = served.iter().sum();
-        // Each request goes to one of three pods: binomial(total, 1/3) if spread evenly.
-        let mean = total as f64 / 3.0;
-        let sigma = (total as f64 * (1.0 / 3.0) * (2.0 / 3.0)).sqrt();
-        eprintln!("{color}: {served:?} of {total}, mean {mean:.0}, σ {sigma:.1}");
-        assert!(total > 1_000, "{color} got {total}");
-        for count in served {
-            assert!(
-                (count as f64 - mean).abs() <= 4.0 * sigma,
-                "{color}: {count} against {mean:.0} ± 4 × {sigma:.1}"
-            );
-        }
+        assert!(served.iter().sum::<u64>() > 1_000, "{color} got {served:?}");
+        assert_even_spread(color, &served);
     }
     let status = proxy.status().await;
     let endpoints = status["colors"]["green"]["endpoints"].as_array().unwrap();
@@ -161,8 +151,11 @@ async fn a_fault_on_every_canary_pod_rolls_back_as_fast_as_today() {
     assert_eq!(status["rollback"]["rolled_back"], true, "{status:#}");
     // `rollback.min-requests` (20) failures in a row roll back at once, as with one address;
     // failures held while the fault looked like one pod's count as soon as a second pod fails.
+    // If the first five failures all land on one pod (about one run in eighty: (1/3)^4), that
+    // pod is ejected before another fails and its three held failures are settled as its own:
+    // 23.
     assert!(
-        (20..=22).contains(&errors),
+        (20..=23).contains(&errors),
         "{errors} failures before the rollback"
     );
 }

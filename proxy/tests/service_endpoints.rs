@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use canary_testkit::fake_apiserver::{FakeApiServer, Pod};
 use canary_testkit::proxy::{ProxyProcess, Source};
-use canary_testkit::upstream::TestUpstream;
+use canary_testkit::upstream::{TestUpstream, assert_even_spread};
 
 const NS: &str = "default";
 const NAME: &str = "canary-proxy";
@@ -156,17 +156,8 @@ async fn a_service_upstream_follows_scale_up_and_termination() {
         .zip(&before)
         .map(|(pod, before)| pod.served() - before)
         .collect();
-    for (color, pods) in [("blue", &served[..3]), ("green", &served[3..6])] {
-        let total: u64 = pods.iter().sum();
-        let (mean, sigma) = (total as f64 / 3.0, (total as f64 * 2.0 / 9.0).sqrt());
-        eprintln!("{color}: {pods:?} of {total}, σ {sigma:.1}");
-        for &count in pods {
-            assert!(
-                (count as f64 - mean).abs() <= 4.0 * sigma,
-                "{color}: {count} against {mean:.0} ± 4 × {sigma:.1}"
-            );
-        }
-    }
+    assert_even_spread("blue", &served[..3]);
+    assert_even_spread("green", &served[3..6]);
     assert_eq!(green[3].served() + green[4].served(), 0);
 
     // Scale-up: the two new pods turn ready.
