@@ -3,8 +3,10 @@
 # and for NGINX under the same load: one worker each, a blue and a green test upstream at 95/5,
 # keep-alive on both hops, 2,000 requests of warm-up, then 20,000 requests over 8 connections
 # (closed loop). Counts, not times, so other work on the machine does not change them.
+# With --http2 the clients speak h2c by prior knowledge (NGINX with `listen ... http2`); the
+# upstream hop stays HTTP/1.1 keep-alive.
 #
-#   bench/count-per-request.sh [canary-proxy|nginx]...     (default: both)
+#   bench/count-per-request.sh [--http2] [canary-proxy|nginx]...     (default: both)
 #
 # Needs valgrind, strace and (for nginx) NGINX (bench/install-reference-proxies.sh).
 set -euo pipefail
@@ -13,6 +15,11 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bench=${CANARY_BENCH:-$here/target/release/canary-bench}
 proxy=${CANARY_BENCH_PROXY_BIN:-$(dirname "$bench")/canary-proxy}
 requests=20000
+http2=
+if [ "${1:-}" = --http2 ]; then
+  http2=--http2
+  shift
+fi
 systems=("$@")
 [ ${#systems[@]} -gt 0 ] || systems=(canary-proxy nginx)
 
@@ -52,7 +59,7 @@ http {
     keepalive_requests 1000000;
   }
   server {
-    listen $listen backlog=4096;
+    listen $listen${http2:+ http2} backlog=4096;
     location / {
       proxy_pass http://colors;
       proxy_http_version 1.1;
@@ -76,7 +83,7 @@ start() { # SYSTEM PREFIX...
   system_pid=$!
   pids+=("$system_pid")
   for _ in $(seq 200); do
-    curl -sf "http://$listen/" >/dev/null && return
+    curl -sf ${http2:+--http2-prior-knowledge} "http://$listen/" >/dev/null && return
     sleep 0.2
   done
   echo "$system did not start" >&2
@@ -84,7 +91,7 @@ start() { # SYSTEM PREFIX...
 }
 
 load() { # REQUESTS
-  "$bench" load --target "http://$listen/" -c 8 -n "$1" -t 1 >/dev/null
+  "$bench" load --target "http://$listen/" -c 8 -n "$1" -t 1 $http2 >/dev/null
 }
 
 stop() {
