@@ -21,14 +21,16 @@ use tracing::debug;
 
 use crate::accounting::Outcome;
 use crate::admission;
-use crate::body::{ClientFault, Judged, Pending, RequestBody, ResponseBody};
+use crate::body::{ClientFault, Judged, Pending, RequestBody, ResponseBody, Source};
 use crate::config::{Color, Protocol};
 use crate::headers;
+use crate::lean::relay;
 use crate::listener::{ClientConn, TunnelSlot};
 use crate::metrics::ErrorKind;
 use crate::route::Choice;
 use crate::runtime::Current;
-use crate::upstream::Fault;
+use crate::upstream::endpoints::Served;
+use crate::upstream::{Fault, Lease};
 
 /// Handles one client request on `conn`.
 pub async fn handle(
@@ -137,6 +139,29 @@ async fn forward(
         let color = choice.color;
         let started = Instant::now();
         let upstream = &table.upstreams[color.index()];
+        if client_upgrade.is_none() && relay::takes(&req, config.protocol(color)) {
+            let missed = match relay::send(upstream, &mut req, config.timeouts).await {
+                Ok((response, served)) => {
+                    let response = response.map(|body| Source::Relayed(Box::new(body)));
+                    return answer(&current, choice, started.elapsed(), response, None, served);
+                }
+                Err(missed) => missed,
+            };
+            let kind = missed.kind;
+            missed_upstream(&current, choice, missed.served, kind, started, &kind);
+            if missed.unsent && color == config.canary() && config.retry_canary_connect_failure {
+                runtime.metrics.color(color).retries_to_other.inc();
+                choice.color = config.stable;
+                continue;
+            }
+            if missed.switched {
+                return local(
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream switched protocols unasked\n",
+                );
+            }
+            return error_response(kind, color);
+        }
         let missed = match upstream.send(req, config.timeouts).await {
             Ok((mut response, lease, served)) => {
                 let latency = started.elapsed();
@@ -164,52 +189,25 @@ async fn forward(
                     tokio::spawn(tunnel(client, hyper::upgrade::on(&mut response)));
                     return switching_protocols(response);
                 }
-                let status = response.status().as_u16();
-                let judged = match grpc_outcome(&response) {
-                    Some(GrpcOutcome::Trailers) => Judged::GrpcTrailers,
-                    Some(GrpcOutcome::Status(code)) => Judged::Grpc(code),
-                    None => Judged::Status,
-                };
-                let (mut head, body) = response.into_parts();
-                headers::to_client(&mut head);
-                if let Some(name) = &config.response_color_header {
-                    head.headers
-                        .insert(name.clone(), HeaderValue::from_static(color.as_str()));
-                }
-                // The request's own table goes with its body, to account it at its end.
-                let pending = Pending {
-                    current: Arc::clone(&current),
-                    choice,
-                    status,
-                    latency,
-                    judged,
-                    served,
-                };
-                let body = ResponseBody::upstream(body, lease, pending);
-                return Response::from_parts(head, body);
+                let response = response.map(Source::Hyper);
+                return answer(&current, choice, latency, response, Some(lease), served);
             }
             Err(missed) => missed,
         };
         let failure = missed.failure;
         let kind = match failure.fault {
             Fault::Upstream(kind) => kind,
-            // The client broke its own request: nothing to hold against the upstream.
+            // The client broke its own request body: nothing to hold against the upstream.
             Fault::Client(fault) => return client_fault(fault),
         };
-        let served = missed.served;
-        runtime.account(
-            table,
+        missed_upstream(
+            &current,
             choice,
-            served.as_ref(),
-            Outcome::NoResponse(kind),
-            started.elapsed(),
+            missed.served,
+            kind,
+            started,
+            &failure.error,
         );
-        if let Some(served) = &served {
-            let endpoint = &served.endpoint().upstream.addr;
-            debug!(color = %color, %endpoint, error = %failure.error, "upstream failed");
-        } else {
-            debug!(color = %color, error = %failure.error, "upstream failed");
-        }
         match failure.request {
             // Never reached the canary: stable can take it without any risk of doing it twice.
             Some(unsent) if color == config.canary() && config.retry_canary_connect_failure => {
@@ -219,6 +217,70 @@ async fn forward(
             }
             _ => return error_response(kind, color),
         }
+    }
+}
+
+/// The client's response to an upstream's `response`, `latency` after the request started;
+/// accounted when its body ends.
+fn answer(
+    current: &Arc<Current>,
+    choice: Choice,
+    latency: Duration,
+    response: Response<Source>,
+    lease: Option<Lease>,
+    served: Served,
+) -> Response<ResponseBody> {
+    let config = &current.table.config;
+    let status = response.status().as_u16();
+    let judged = match grpc_outcome(&response) {
+        Some(GrpcOutcome::Trailers) => Judged::GrpcTrailers,
+        Some(GrpcOutcome::Status(code)) => Judged::Grpc(code),
+        None => Judged::Status,
+    };
+    let (mut head, body) = response.into_parts();
+    headers::to_client(&mut head);
+    if let Some(name) = &config.response_color_header {
+        head.headers.insert(
+            name.clone(),
+            HeaderValue::from_static(choice.color.as_str()),
+        );
+    }
+    // The request's own table goes with its body, to account it at its end.
+    let pending = Pending {
+        current: Arc::clone(current),
+        choice,
+        status,
+        latency,
+        judged,
+        served,
+    };
+    Response::from_parts(head, ResponseBody::upstream(body, lease, pending))
+}
+
+/// Accounts a request of `choice` that got no response (`kind`) from `served`, if it reached
+/// an endpoint.
+fn missed_upstream(
+    current: &Current,
+    choice: Choice,
+    served: Option<Served>,
+    kind: ErrorKind,
+    started: Instant,
+    error: &dyn std::fmt::Debug,
+) {
+    let Current { runtime, table } = current;
+    runtime.account(
+        table,
+        choice,
+        served.as_ref(),
+        Outcome::NoResponse(kind),
+        started.elapsed(),
+    );
+    let color = choice.color;
+    if let Some(served) = &served {
+        let endpoint = &served.endpoint().upstream.addr;
+        debug!(color = %color, %endpoint, ?error, "upstream failed");
+    } else {
+        debug!(color = %color, ?error, "upstream failed");
     }
 }
 
@@ -358,7 +420,7 @@ enum GrpcOutcome {
     Status(u32),
 }
 
-fn grpc_outcome(response: &Response<Incoming>) -> Option<GrpcOutcome> {
+fn grpc_outcome<B>(response: &Response<B>) -> Option<GrpcOutcome> {
     let grpc = response.status() == StatusCode::OK
         && response
             .headers()

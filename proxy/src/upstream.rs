@@ -528,7 +528,7 @@ fn closed_under(error: &hyper::Error) -> bool {
 
 /// Whether `req` may be sent twice: a bodiless GET, HEAD or OPTIONS, or one the client marked
 /// with an `Idempotency-Key` (what NGINX's `proxy_next_upstream` repeats).
-fn idempotent(req: &Request<RequestBody>) -> bool {
+pub(crate) fn idempotent(req: &Request<RequestBody>) -> bool {
     req.body().is_end_stream()
         && (matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
             || req.headers().contains_key(&IDEMPOTENCY_KEY))

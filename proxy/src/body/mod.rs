@@ -5,4 +5,4 @@ mod request;
 mod response;
 
 pub use request::{ClientFault, ClientWait, RequestBody};
-pub use response::{BodyError, End, Judged, Pending, ResponseBody};
+pub use response::{BodyError, End, Judged, Pending, ResponseBody, Source};

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::accounting::Outcome;
+use crate::lean::relay::{RelayError, Relayed};
 use crate::metrics::ErrorKind;
 use crate::route::Choice;
 use crate::runtime::Current;
@@ -38,15 +39,37 @@ pub enum BodyError {
     /// The upstream broke the body off.
     #[error("the upstream broke the response body: {0}")]
     Upstream(#[from] hyper::Error),
+    /// The upstream broke off a body read on the lean path's connection.
+    #[error(transparent)]
+    Relayed(#[from] RelayError),
     /// The upstream sent nothing for `timeout.response-idle`.
     #[error("the upstream sent no response body data for {0:?}")]
     Idle(Duration),
 }
 
+/// Where an upstream body is read from.
+pub enum Source {
+    /// hyper's client.
+    Hyper(Incoming),
+    /// The lean path's connection (see [`crate::lean::relay`]); boxed, as it is larger than
+    /// hyper's handle.
+    Relayed(Box<Relayed>),
+}
+
+impl Source {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Hyper(body) => body.is_end_stream(),
+            Source::Relayed(body) => body.ended(),
+        }
+    }
+}
+
 /// An upstream body, with the connection it came on and the exchange still to account.
 pub struct Streamed {
-    body: Incoming,
-    /// Returned to the pool when the body has been read to its end.
+    body: Source,
+    /// Returned to the pool when the body has been read to its end (a relayed body returns
+    /// its own).
     lease: Option<Lease>,
     /// The exchange to account when the body ends; `None` once accounted.
     pending: Option<Pending>,
@@ -87,6 +110,23 @@ impl Streamed {
             let outcome = end.outcome(p.status, p.judged);
             let Current { runtime, table } = &*p.current;
             runtime.account(table, p.choice, Some(&p.served), outcome, p.latency);
+        }
+    }
+
+    /// The body's next frame from wherever it is read.
+    fn poll_source(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.body {
+            Source::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BodyError::from))),
+            Source::Relayed(body) => {
+                let upstream = self.pending.as_ref().map(|p| &p.served.endpoint().upstream);
+                body.poll_data(cx, upstream)
+                    .map(|data| data.map(|d| d.map(Frame::data).map_err(BodyError::from)))
+            }
         }
     }
 
@@ -142,10 +182,10 @@ impl End {
 
 impl ResponseBody {
     /// Streams `body` from an upstream; `pending` is the exchange to account at its end.
-    pub fn upstream(body: Incoming, lease: Lease, pending: Pending) -> Self {
+    pub fn upstream(body: Source, lease: Option<Lease>, pending: Pending) -> Self {
         let mut streamed = Streamed {
             body,
-            lease: Some(lease),
+            lease,
             pending: Some(pending),
             idle: None,
         };
@@ -172,7 +212,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ResponseBody::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
-            ResponseBody::Upstream(s) => match Pin::new(&mut s.body).poll_frame(cx) {
+            ResponseBody::Upstream(s) => match s.poll_source(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     s.progressed();
                     if let Some(trailers) = frame.trailers_ref() {
@@ -185,14 +225,20 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(None) => {
-                    s.settle(End::Clean);
+                    let end = match &s.body {
+                        Source::Relayed(body) => {
+                            body.grpc_status().map_or(End::Clean, End::Trailers)
+                        }
+                        Source::Hyper(_) => End::Clean,
+                    };
+                    s.settle(end);
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(Err(e))) => {
                     // The client sees the error as a broken stream, never a clean end.
                     s.lease = None;
                     s.settle(End::Cut(ErrorKind::Reset));
-                    Poll::Ready(Some(Err(e.into())))
+                    Poll::Ready(Some(Err(e)))
                 }
                 Poll::Pending => match s.stalled(cx) {
                     Poll::Ready(after) => {
@@ -217,7 +263,10 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Local(Some(text)) => SizeHint::with_exact(text.len() as u64),
             ResponseBody::Local(None) => SizeHint::with_exact(0),
-            ResponseBody::Upstream(s) => s.body.size_hint(),
+            ResponseBody::Upstream(s) => match &s.body {
+                Source::Hyper(body) => body.size_hint(),
+                Source::Relayed(_) => SizeHint::default(),
+            },
         }
     }
 }

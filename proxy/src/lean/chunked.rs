@@ -111,6 +111,31 @@ impl Chunked {
         Ok(at)
     }
 
+    /// Takes in the framing at the start of `bytes`, up to the next chunk data, for a reader
+    /// that strips the framing: returns how many bytes were framing, and how many of the bytes
+    /// right after them are data (taken in too). `(bytes.len(), 0)` when all of them were
+    /// framing; fewer framing bytes and no data once the body has ended.
+    pub fn next_data(&mut self, bytes: &[u8]) -> Result<(usize, usize), ChunkError> {
+        let mut at = 0;
+        while at < bytes.len() {
+            if let State::Data(left) = self.state {
+                let take = left.min((bytes.len() - at) as u64);
+                self.state = if take == left {
+                    State::DataCr
+                } else {
+                    State::Data(left - take)
+                };
+                return Ok((at, take as usize));
+            }
+            if self.state == State::Done {
+                break;
+            }
+            self.step(bytes[at])?;
+            at += 1;
+        }
+        Ok((at, 0))
+    }
+
     /// Whether the body has ended.
     pub fn done(&self) -> bool {
         self.state == State::Done
@@ -240,6 +265,41 @@ mod tests {
             }
         }
         Ok((taken, c.done()))
+    }
+
+    /// Decodes `body` through [`Chunked::next_data`] in pieces of `step` bytes: the data, the
+    /// bytes taken, and whether it ended.
+    fn decode(body: &[u8], step: usize) -> Result<(Vec<u8>, usize, bool), ChunkError> {
+        let (mut c, mut data, mut taken) = (Chunked::default(), Vec::new(), 0);
+        for piece in body.chunks(step) {
+            let mut at = 0;
+            while at < piece.len() && !c.done() {
+                let (framing, n) = c.next_data(&piece[at..])?;
+                data.extend_from_slice(&piece[at + framing..at + framing + n]);
+                at += framing + n;
+            }
+            taken += at;
+            if c.done() {
+                break;
+            }
+        }
+        Ok((data, taken, c.done()))
+    }
+
+    #[test]
+    fn next_data_strips_the_framing_however_the_bytes_come() {
+        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-a: 1\r\n\r\nGET / HTTP/1.1\r\n";
+        for step in [1, 2, 3, 7, 1000] {
+            let decoded = decode(body, step).unwrap();
+            assert_eq!(
+                decoded,
+                (b"hello world".to_vec(), body.len() - 16, true),
+                "step {step}"
+            );
+            assert_eq!(decode(b"5\r\nhel", step), Ok((b"hel".to_vec(), 6, false)));
+            assert_eq!(decode(b"5\r\nhello\n", step), Err(ChunkError::LineEnd));
+            assert_eq!(decode(b"x\r\n", step), Err(ChunkError::Size));
+        }
     }
 
     #[test]

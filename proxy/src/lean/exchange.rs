@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -28,29 +28,29 @@ use crate::route::{Choice, RouteTable};
 use crate::upstream::endpoints::{CONNECT_ATTEMPTS, Endpoints, Served};
 
 /// The first read from an upstream takes this much room; bodies stream through it.
-const UPSTREAM_ROOM: usize = 16 * 1024;
+pub(super) const UPSTREAM_ROOM: usize = 16 * 1024;
 /// The largest response head accepted (hyper's client reads larger ones, but a head this
 /// size is already an attack or a bug).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// A response head from an endpoint, with the connection it came on.
-struct Answer {
-    stream: TcpStream,
-    served: Served,
-    response: Response,
+pub(super) struct Answer {
+    pub stream: TcpStream,
+    pub served: Served,
+    pub response: Response,
 }
 
 /// A request that got no usable response head.
-struct Missed {
-    kind: ErrorKind,
+pub(super) struct Missed {
+    pub kind: ErrorKind,
     /// The endpoint of the last attempt; `None` when the color had none.
-    served: Option<Served>,
+    pub served: Option<Served>,
     /// Nothing reached any upstream: the request may go to another color.
-    unsent: bool,
+    pub unsent: bool,
     /// The upstream answered 101 to a request that did not ask to switch.
-    switched: bool,
+    pub switched: bool,
     /// The client broke its own request body: nothing to hold against the upstream.
-    client: Option<ClientFault>,
+    pub client: Option<ClientFault>,
 }
 
 impl Missed {
@@ -119,9 +119,11 @@ pub(super) async fn run<T: ClientIo>(
             endpoints,
             out,
             &body,
-            buf,
-            fields,
-            head,
+            (buf, fields),
+            Replay {
+                idempotent: head.idempotent,
+                head_method: head.head_method,
+            },
             config.timeouts,
         )
         .await;
@@ -171,24 +173,32 @@ pub(super) async fn run<T: ClientIo>(
 }
 
 /// A request's body: what has been read of it, and what is still to come from the client.
-struct Body<'a> {
-    read: &'a [u8],
-    left: u64,
+pub(super) struct Body<'a> {
+    pub read: &'a [u8],
+    pub left: u64,
     /// `timeout.client-body`.
-    timeout: Duration,
+    pub timeout: Duration,
 }
 
-/// Sends the request head `request` and its `body` to an endpoint of `endpoints` and reads
-/// its response head into `buf` (its fields into `fields`).
-#[allow(clippy::too_many_arguments)]
-async fn send<T: ClientIo>(
-    client: &mut T,
+/// What of the request decides how its response is read and whether it may be sent again.
+#[derive(Clone, Copy)]
+pub(super) struct Replay {
+    /// Safe to send again when a pooled connection closed under it.
+    pub idempotent: bool,
+    /// A `HEAD`: its response has no body whatever its head says.
+    pub head_method: bool,
+}
+
+/// Sends the request head `request` and its `body` (the rest of it read from `client`) to an
+/// endpoint of `endpoints` and reads its response head into the first of `into` (its fields
+/// into the second).
+pub(super) async fn send<R: AsyncRead + Unpin>(
+    client: &mut R,
     endpoints: &Endpoints,
     request: &[u8],
     body: &Body<'_>,
-    buf: &mut Vec<u8>,
-    fields: &mut Vec<(Span, Span)>,
-    head: &super::request::Head,
+    (buf, fields): (&mut Vec<u8>, &mut Vec<(Span, Span)>),
+    replay: Replay,
     timeouts: Timeouts,
 ) -> Result<Answer, Missed> {
     let mut tried = 0;
@@ -232,7 +242,7 @@ async fn send<T: ClientIo>(
             let sent = send_request(client, &mut stream, request, body, buf, timeouts.request);
             match sent.await {
                 Ok(()) => {}
-                Err(SendFailure::ClosedEarly) if was_pooled && head.idempotent => {
+                Err(SendFailure::ClosedEarly) if was_pooled && replay.idempotent => {
                     debug!(upstream = %upstream.addr, "pooled connection was closed, sending again");
                     replayed = true;
                     continue;
@@ -245,7 +255,7 @@ async fn send<T: ClientIo>(
                     return Err(missed);
                 }
             }
-            let exchange = read_head(&mut stream, buf, fields, head.head_method);
+            let exchange = read_head(&mut stream, buf, fields, replay.head_method);
             match tokio::time::timeout(timeouts.request, exchange).await {
                 Ok(Ok(response)) => {
                     return Ok(Answer {
@@ -254,7 +264,7 @@ async fn send<T: ClientIo>(
                         response,
                     });
                 }
-                Ok(Err(HeadFailure::ClosedEarly)) if was_pooled && head.idempotent => {
+                Ok(Err(HeadFailure::ClosedEarly)) if was_pooled && replay.idempotent => {
                     debug!(upstream = %upstream.addr, "pooled connection closed under an idempotent request, sending it again");
                     replayed = true;
                 }
@@ -274,8 +284,8 @@ async fn send<T: ClientIo>(
 /// the body as the client sends it (through `scratch`). Each write to the upstream may take
 /// `timeout.request`; time spent waiting for the client is the client's, under its own
 /// timeout.
-async fn send_request<T: ClientIo>(
-    client: &mut T,
+async fn send_request<R: AsyncRead + Unpin>(
+    client: &mut R,
     stream: &mut TcpStream,
     request: &[u8],
     body: &Body<'_>,

@@ -11,6 +11,9 @@
 //! far, for the rest of the connection: nothing has been written for that request yet, so
 //! hyper answers it exactly as the hyper path always does.
 //!
+//! Requests from HTTP/2 clients, which hyper's server reads, use the same upstream side when
+//! they have no body ([`relay`]).
+//!
 //! Routing ([`RouteTable::choose`](crate::route::RouteTable::choose)), the endpoint
 //! choice and outlier ejection ([`Endpoints`](crate::upstream::endpoints::Endpoints)) and the
 //! accounting ([`Runtime::account`](crate::runtime::Runtime)) are the hyper path's own.
@@ -18,6 +21,7 @@
 mod chunked;
 mod exchange;
 mod pool;
+pub mod relay;
 mod request;
 mod response;
 mod rewind;

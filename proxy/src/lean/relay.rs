@@ -1,0 +1,311 @@
+//! The lean path's upstream side for requests hyper's server has read (HTTP/2 clients): a
+//! request without a body goes from its header map straight into a pooled raw connection, and
+//! its response head is parsed and its body read as the lean path reads them, instead of
+//! through hyper's HTTP/1.1 client (a task per upstream connection, woken through a channel for
+//! every request: a third of such a request's instructions). The rules are the lean
+//! exchange's: [`exchange::send`]'s endpoint failover, replay and timeouts, and
+//! [`response::parse`]'s strict framing; the response is then handled as any other on the
+//! hyper path.
+//!
+//! A request with a body, an expectation or `TE: trailers` stays with hyper's client: the
+//! first two need the body's flow, and trailers are what a client asking for them gets from
+//! hyper's client and not from this reader, which keeps only their `grpc-status`.
+
+use std::io;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{EXPECT, TE};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use tokio::net::TcpStream;
+
+use super::chunked::Chunked;
+use super::exchange::{self, Answer, Replay, UPSTREAM_ROOM};
+use super::response::Framing;
+use super::{Work, give_back, pool, take_work};
+use crate::body::RequestBody;
+use crate::config::{Protocol, Timeouts};
+use crate::headers;
+use crate::metrics::ErrorKind;
+use crate::upstream::endpoints::{Endpoints, Served};
+use crate::upstream::{self, Upstream};
+
+/// Whether `req` is sent here: from an HTTP/2 client, without a body, expectation or
+/// `TE: trailers`, to a color spoken to over HTTP/1.1.
+pub fn takes(req: &Request<RequestBody>, protocol: Protocol) -> bool {
+    protocol == Protocol::Http1
+        && req.version() == Version::HTTP_2
+        && req.body().is_end_stream()
+        && req.method() != Method::CONNECT
+        && !req.headers().contains_key(EXPECT)
+        && !req.headers().contains_key(TE)
+}
+
+/// A request that got no usable response head.
+pub struct Missed {
+    /// What went wrong, as metered.
+    pub kind: ErrorKind,
+    /// The endpoint of the last attempt; `None` when the color had none.
+    pub served: Option<Served>,
+    /// Nothing reached any upstream: the request may go to another color.
+    pub unsent: bool,
+    /// The upstream answered 101 to a request that did not ask to switch.
+    pub switched: bool,
+}
+
+/// Sends `req` (with its forwarding headers, see [`takes`]) to an endpoint of `endpoints`;
+/// the response, its body to read from the connection, and the endpoint that answered.
+pub async fn send(
+    endpoints: &Endpoints,
+    req: &mut Request<RequestBody>,
+    timeouts: Timeouts,
+) -> Result<(Response<Relayed>, Served), Missed> {
+    headers::for_http1(req);
+    let mut work = take_work();
+    write_head(req, &mut work.out);
+    let replay = Replay {
+        idempotent: upstream::idempotent(req),
+        head_method: req.method() == Method::HEAD,
+    };
+    let no_body = exchange::Body {
+        read: &[],
+        left: 0,
+        timeout: Duration::ZERO,
+    };
+    let Work {
+        out,
+        upstream: buf,
+        fields,
+        ..
+    } = &mut *work;
+    let sent = exchange::send(
+        &mut tokio::io::empty(),
+        endpoints,
+        out,
+        &no_body,
+        (buf, fields),
+        replay,
+        timeouts,
+    )
+    .await;
+    let Answer {
+        stream,
+        served,
+        response,
+    } = match sent {
+        Ok(answer) => answer,
+        Err(missed) => {
+            give_back(work);
+            return Err(Missed {
+                kind: missed.kind,
+                served: missed.served,
+                unsent: missed.unsent,
+                switched: missed.switched,
+            });
+        }
+    };
+    let mut head = Response::new(());
+    *head.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let map = head.headers_mut();
+    map.reserve(fields.len());
+    for &(name, value) in fields.iter() {
+        let name = HeaderName::from_bytes(name.in_buf(buf));
+        let value = HeaderValue::from_bytes(value.in_buf(buf));
+        if let (Ok(name), Ok(value)) = (name, value) {
+            map.append(name, value);
+        }
+    }
+    let mut body = Relayed {
+        at: response.len,
+        work: Some(work),
+        stream: Some(stream),
+        framing: response.framing,
+        left: match response.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        },
+        chunked: Chunked::default(),
+        reusable: response.reusable,
+        ended: false,
+        idle: timeouts.upstream_idle,
+    };
+    if matches!(response.framing, Framing::Empty | Framing::Length(0)) {
+        body.end(Some(&served.endpoint().upstream));
+    }
+    Ok((head.map(|()| body), served))
+}
+
+/// Writes `req`'s head in HTTP/1.1 form into `out`.
+fn write_head(req: &Request<RequestBody>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Why a relayed body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The connection closed or failed before the body's end.
+    #[error("the upstream closed the connection mid-body")]
+    Closed,
+    /// The chunked framing was refused.
+    #[error("the upstream broke the chunked framing: {0}")]
+    Chunked(#[from] super::ChunkError),
+}
+
+/// A response body read from the upstream connection it came on; the connection goes back to
+/// the lean pool once the body has been read to its end, if it can carry another request.
+pub struct Relayed {
+    /// The buffers; the body's bytes read so far are in `upstream` from `at`.
+    work: Option<Box<Work>>,
+    at: usize,
+    /// `None` once the body has ended.
+    stream: Option<TcpStream>,
+    framing: Framing,
+    /// Bytes still to come of a `Content-Length` body.
+    left: u64,
+    chunked: Chunked,
+    reusable: bool,
+    ended: bool,
+    /// `timeout.upstream-idle`, for the pool.
+    idle: Duration,
+}
+
+impl Relayed {
+    /// Whether the body has been read to its end.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The `grpc-status` its chunked trailers carried, if any.
+    pub fn grpc_status(&self) -> Option<u32> {
+        self.chunked.grpc_status()
+    }
+
+    /// The next piece of the body; at its end the connection goes back to `upstream`'s pool
+    /// if it can be reused. `None` once ended.
+    pub fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+        upstream: Option<&Upstream>,
+    ) -> Poll<Option<Result<Bytes, RelayError>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            let Some(work) = &mut self.work else {
+                return Poll::Ready(None);
+            };
+            let buf = &mut work.upstream;
+            let avail = &buf[self.at..];
+            let data = match self.framing {
+                Framing::Empty => 0..0,
+                Framing::Length(_) => {
+                    let take = self.left.min(avail.len() as u64) as usize;
+                    self.left -= take as u64;
+                    self.at..self.at + take
+                }
+                Framing::Chunked => {
+                    let (framing, n) = self.chunked.next_data(avail)?;
+                    let start = self.at + framing;
+                    start..start + n
+                }
+                Framing::Close => self.at..buf.len(),
+            };
+            self.at = data.end.max(self.at);
+            let done = match self.framing {
+                Framing::Empty => true,
+                Framing::Length(_) => self.left == 0,
+                Framing::Chunked => self.chunked.done(),
+                Framing::Close => false,
+            };
+            if !data.is_empty() {
+                let bytes = Bytes::copy_from_slice(&buf[data]);
+                if done {
+                    self.end(upstream);
+                }
+                return Poll::Ready(Some(Ok(bytes)));
+            }
+            if done {
+                self.end(upstream);
+                return Poll::Ready(None);
+            }
+            // Everything read so far is taken in: read more, into the same buffer.
+            buf.clear();
+            self.at = 0;
+            if buf.capacity() < UPSTREAM_ROOM {
+                buf.reserve(UPSTREAM_ROOM);
+            }
+            let stream = self
+                .stream
+                .as_ref()
+                .expect("a body not ended has its stream");
+            match ready!(poll_read(stream, buf, cx)) {
+                Ok(0) if self.framing == Framing::Close => {
+                    self.reusable = false;
+                    self.end(upstream);
+                    return Poll::Ready(None);
+                }
+                Ok(0) | Err(_) => {
+                    self.stream = None;
+                    return Poll::Ready(Some(Err(RelayError::Closed)));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Ends the body: the connection back into `upstream`'s pool if the response said it can
+    /// carry another request and nothing came after the body, the buffers back to the thread.
+    fn end(&mut self, upstream: Option<&Upstream>) {
+        self.ended = true;
+        let extra = self
+            .work
+            .as_ref()
+            .is_some_and(|w| self.at < w.upstream.len());
+        if let (Some(stream), Some(upstream)) = (self.stream.take(), upstream)
+            && self.reusable
+            && !extra
+        {
+            pool::put(upstream, stream, self.idle);
+        }
+        if let Some(work) = self.work.take() {
+            give_back(work);
+        }
+    }
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        // Left before its end: the connection is mid-response and cannot be pooled.
+        if let Some(work) = self.work.take() {
+            give_back(work);
+        }
+    }
+}
+
+/// Reads what `stream` has into `buf`'s spare room.
+fn poll_read(
+    stream: &TcpStream,
+    buf: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(stream.poll_read_ready(cx))?,
+            read => return Poll::Ready(read),
+        }
+    }
+}
