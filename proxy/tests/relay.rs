@@ -2,10 +2,11 @@
 //! path's raw connections (`lean::relay`): each response framing reaches the client decoded,
 //! the connection is pooled again only after a clean end, a broken or ambiguous response is
 //! a 502 or a broken stream counted against its color, a pooled connection closed under an
-//! idempotent request is replayed, and the requests it does not take (a body, `TE: trailers`)
-//! still go through hyper's client.
+//! idempotent request is replayed, chunked trailers reach the client, and a request with a
+//! body still goes through hyper's client.
 
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 use canary_testkit::client::HttpClient;
@@ -132,32 +133,45 @@ async fn a_pooled_connection_closed_under_a_get_is_replayed_on_a_fresh_one() {
 }
 
 #[tokio::test]
-async fn requests_with_a_body_or_asking_for_trailers_still_go_through_hyper() {
+async fn a_request_with_a_body_still_goes_through_hyper() {
     let upstream = RecordingUpstream::start().await;
-    let (_proxy, client) = proxy(&upstream.authority()).await;
-    let post = Request::post(format!("http://{}/up", _proxy.addr))
+    let (proxy, client) = proxy(&upstream.authority()).await;
+    let post = Request::post(format!("http://{}/up", proxy.addr))
         .body(Full::new(Bytes::from_static(b"abc")))
         .unwrap();
     assert_eq!(client.send(post).await.unwrap().status, 200);
     let transcript = String::from_utf8_lossy(&upstream.transcript()).into_owned();
     assert!(transcript.contains("abc"), "{transcript}");
+}
 
-    let trailers = ScriptedUpstream::start(Script::Reply(
-        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 42\r\n\r\n"
+#[tokio::test]
+async fn chunked_trailers_reach_an_h2_client_in_pieces_and_a_grpc_status_counts() {
+    let (head, pieces) = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\n\r\n"
             .to_vec(),
+        vec![
+            b"3\r\nabc\r\n0\r\nx-sum: ".to_vec(),
+            b"42\r\ngrpc-status: 1".to_vec(),
+            b"4\r\n\r\n".to_vec(),
+        ],
+    );
+    let upstream = ScriptedUpstream::start(Script::Trickle(
+        [vec![head], pieces].concat(),
+        Duration::from_millis(20),
     ))
     .await;
-    let (_proxy, client) = proxy(&trailers.authority()).await;
-    let asked = client.get("/", &[("te", "trailers")]).await.unwrap();
-    assert_eq!(asked.body, "abc");
-    let sent = asked
-        .trailers
-        .expect("trailers for a client that asks for them");
-    assert_eq!(sent["x-sum"], "42");
-    // A client that did not ask gets the body without them (RFC 9110 §10.1.4).
-    let plain = client.get("/", &[]).await.unwrap();
-    assert_eq!(plain.body, "abc");
-    assert!(plain.trailers.is_none_or(|t| t.is_empty()));
+    let (proxy, client) = proxy(&upstream.authority()).await;
+    for _ in 0..2 {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!(reply.body, "abc");
+        let trailers = reply.trailers.expect("the upstream's trailers");
+        assert_eq!(trailers["x-sum"], "42");
+        assert_eq!(trailers["grpc-status"], "14");
+    }
+    assert_eq!(upstream.connections(), 1);
+    // grpc-status 14 (unavailable) is a failure of its color.
+    let status = proxy.status().await;
+    assert_eq!(status["colors"]["blue"]["failures"], 2, "{status:#}");
 }
 
 #[tokio::test]

@@ -124,8 +124,8 @@ impl Streamed {
                 .map(|frame| frame.map(|f| f.map_err(BodyError::from))),
             Source::Relayed(body) => {
                 let upstream = self.pending.as_ref().map(|p| &p.served.endpoint().upstream);
-                body.poll_data(cx, upstream)
-                    .map(|data| data.map(|d| d.map(Frame::data).map_err(BodyError::from)))
+                body.poll_frame(cx, upstream)
+                    .map(|frame| frame.map(|f| f.map_err(BodyError::from)))
             }
         }
     }
@@ -225,13 +225,7 @@ impl Body for ResponseBody {
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(None) => {
-                    let end = match &s.body {
-                        Source::Relayed(body) => {
-                            body.grpc_status().map_or(End::Clean, End::Trailers)
-                        }
-                        Source::Hyper(_) => End::Clean,
-                    };
-                    s.settle(end);
+                    s.settle(End::Clean);
                     Poll::Ready(None)
                 }
                 Poll::Ready(Some(Err(e))) => {

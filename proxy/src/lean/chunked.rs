@@ -111,29 +111,41 @@ impl Chunked {
         Ok(at)
     }
 
-    /// Takes in the framing at the start of `bytes`, up to the next chunk data, for a reader
-    /// that strips the framing: returns how many bytes were framing, and how many of the bytes
-    /// right after them are data (taken in too). `(bytes.len(), 0)` when all of them were
-    /// framing; fewer framing bytes and no data once the body has ended.
+    /// Takes in the framing at the start of `bytes`, up to the next chunk data or the start of
+    /// the trailer section, for a reader that strips the framing: returns how many bytes were
+    /// framing, and how many of the bytes right after them are data (taken in too).
+    /// `(bytes.len(), 0)` when all of them were framing; fewer framing bytes and no data at
+    /// the trailer section (see [`Chunked::in_trailers`]; [`Chunked::feed`] takes it in) or
+    /// once the body has ended.
     pub fn next_data(&mut self, bytes: &[u8]) -> Result<(usize, usize), ChunkError> {
         let mut at = 0;
         while at < bytes.len() {
-            if let State::Data(left) = self.state {
-                let take = left.min((bytes.len() - at) as u64);
-                self.state = if take == left {
-                    State::DataCr
-                } else {
-                    State::Data(left - take)
-                };
-                return Ok((at, take as usize));
-            }
-            if self.state == State::Done {
-                break;
+            match self.state {
+                State::Data(left) => {
+                    let take = left.min((bytes.len() - at) as u64);
+                    self.state = if take == left {
+                        State::DataCr
+                    } else {
+                        State::Data(left - take)
+                    };
+                    return Ok((at, take as usize));
+                }
+                State::Done | State::TrailerStart => break,
+                _ => {}
             }
             self.step(bytes[at])?;
             at += 1;
         }
         Ok((at, 0))
+    }
+
+    /// Whether the last chunk has been read and what follows is the trailer section (up to
+    /// and with its final empty line).
+    pub fn in_trailers(&self) -> bool {
+        matches!(
+            self.state,
+            State::TrailerStart | State::Trailer | State::TrailerLf | State::EndLf
+        )
     }
 
     /// Whether the body has ended.
@@ -274,6 +286,10 @@ mod tests {
         for piece in body.chunks(step) {
             let mut at = 0;
             while at < piece.len() && !c.done() {
+                if c.in_trailers() {
+                    at += c.feed(&piece[at..])?;
+                    continue;
+                }
                 let (framing, n) = c.next_data(&piece[at..])?;
                 data.extend_from_slice(&piece[at + framing..at + framing + n]);
                 at += framing + n;

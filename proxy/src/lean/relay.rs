@@ -7,18 +7,17 @@
 //! [`response::parse`]'s strict framing; the response is then handled as any other on the
 //! hyper path.
 //!
-//! A request with a body, an expectation or `TE: trailers` stays with hyper's client: the
-//! first two need the body's flow, and trailers are what a client asking for them gets from
-//! hyper's client and not from this reader, which keeps only their `grpc-status`.
+//! A request with a body or an expectation stays with hyper's client, which streams the body
+//! and handles `100 Continue`.
 
 use std::io;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{EXPECT, TE};
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body::Body as _;
+use http::header::EXPECT;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body as _, Frame};
 use tokio::net::TcpStream;
 
 use super::chunked::Chunked;
@@ -32,15 +31,14 @@ use crate::metrics::ErrorKind;
 use crate::upstream::endpoints::{Endpoints, Served};
 use crate::upstream::{self, Upstream};
 
-/// Whether `req` is sent here: from an HTTP/2 client, without a body, expectation or
-/// `TE: trailers`, to a color spoken to over HTTP/1.1.
+/// Whether `req` is sent here: from an HTTP/2 client, without a body or expectation, to a
+/// color spoken to over HTTP/1.1.
 pub fn takes(req: &Request<RequestBody>, protocol: Protocol) -> bool {
     protocol == Protocol::Http1
         && req.version() == Version::HTTP_2
         && req.body().is_end_stream()
         && req.method() != Method::CONNECT
         && !req.headers().contains_key(EXPECT)
-        && !req.headers().contains_key(TE)
 }
 
 /// A request that got no usable response head.
@@ -127,6 +125,7 @@ pub async fn send(
             _ => 0,
         },
         chunked: Chunked::default(),
+        trailers: Vec::new(),
         reusable: response.reusable,
         ended: false,
         idle: timeouts.upstream_idle,
@@ -163,6 +162,35 @@ pub enum RelayError {
     /// The chunked framing was refused.
     #[error("the upstream broke the chunked framing: {0}")]
     Chunked(#[from] super::ChunkError),
+    /// The trailer section is not header fields.
+    #[error("the upstream sent malformed trailers")]
+    Trailers,
+}
+
+/// Trailer fields at most (what the response head allows).
+const MAX_TRAILER_FIELDS: usize = 100;
+
+/// The fields of a chunked body's trailer `section` (its lines and the final empty line, as
+/// [`Chunked`] checked them); `None` when there are none.
+fn parse_trailers(section: &[u8]) -> Result<Option<HeaderMap>, RelayError> {
+    if section == b"\r\n" {
+        return Ok(None);
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
+    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(section, &mut fields)
+    else {
+        return Err(RelayError::Trailers);
+    };
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for field in fields.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes());
+        let value = HeaderValue::from_bytes(field.value);
+        let (Ok(name), Ok(value)) = (name, value) else {
+            return Err(RelayError::Trailers);
+        };
+        map.append(name, value);
+    }
+    Ok(Some(map))
 }
 
 /// A response body read from the upstream connection it came on; the connection goes back to
@@ -177,6 +205,8 @@ pub struct Relayed {
     /// Bytes still to come of a `Content-Length` body.
     left: u64,
     chunked: Chunked,
+    /// The trailer section of a chunked body, as it arrives.
+    trailers: Vec<u8>,
     reusable: bool,
     ended: bool,
     /// `timeout.upstream-idle`, for the pool.
@@ -189,18 +219,14 @@ impl Relayed {
         self.ended
     }
 
-    /// The `grpc-status` its chunked trailers carried, if any.
-    pub fn grpc_status(&self) -> Option<u32> {
-        self.chunked.grpc_status()
-    }
-
-    /// The next piece of the body; at its end the connection goes back to `upstream`'s pool
-    /// if it can be reused. `None` once ended.
-    pub fn poll_data(
+    /// The next frame of the body (data, then the trailers of a chunked body that has any); at
+    /// its end the connection goes back to `upstream`'s pool if it can be reused. `None` once
+    /// ended.
+    pub fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
         upstream: Option<&Upstream>,
-    ) -> Poll<Option<Result<Bytes, RelayError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         loop {
             if self.ended {
                 return Poll::Ready(None);
@@ -210,37 +236,54 @@ impl Relayed {
             };
             let buf = &mut work.upstream;
             let avail = &buf[self.at..];
-            let data = match self.framing {
-                Framing::Empty => 0..0,
-                Framing::Length(_) => {
-                    let take = self.left.min(avail.len() as u64) as usize;
-                    self.left -= take as u64;
-                    self.at..self.at + take
+            if self.framing == Framing::Chunked && self.chunked.in_trailers() {
+                let taken = self.chunked.feed(avail)?;
+                self.trailers.extend_from_slice(&avail[..taken]);
+                self.at += taken;
+                if self.chunked.done() {
+                    let trailers = parse_trailers(&self.trailers)?;
+                    self.end(upstream);
+                    return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                 }
-                Framing::Chunked => {
-                    let (framing, n) = self.chunked.next_data(avail)?;
-                    let start = self.at + framing;
-                    start..start + n
+            } else {
+                let data = match self.framing {
+                    Framing::Empty => 0..0,
+                    Framing::Length(_) => {
+                        let take = self.left.min(avail.len() as u64) as usize;
+                        self.left -= take as u64;
+                        self.at..self.at + take
+                    }
+                    Framing::Chunked => {
+                        let (framing, n) = self.chunked.next_data(avail)?;
+                        let start = self.at + framing;
+                        start..start + n
+                    }
+                    Framing::Close => self.at..buf.len(),
+                };
+                self.at = data.end.max(self.at);
+                let done = match self.framing {
+                    Framing::Empty => true,
+                    Framing::Length(_) => self.left == 0,
+                    Framing::Chunked | Framing::Close => false,
+                };
+                if !data.is_empty() {
+                    let bytes = Bytes::copy_from_slice(&buf[data]);
+                    if done {
+                        self.end(upstream);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
-                Framing::Close => self.at..buf.len(),
-            };
-            self.at = data.end.max(self.at);
-            let done = match self.framing {
-                Framing::Empty => true,
-                Framing::Length(_) => self.left == 0,
-                Framing::Chunked => self.chunked.done(),
-                Framing::Close => false,
-            };
-            if !data.is_empty() {
-                let bytes = Bytes::copy_from_slice(&buf[data]);
                 if done {
                     self.end(upstream);
+                    return Poll::Ready(None);
                 }
-                return Poll::Ready(Some(Ok(bytes)));
+                if self.chunked.in_trailers() {
+                    // The last chunk: what follows is the trailer section, taken in above.
+                    continue;
+                }
             }
-            if done {
-                self.end(upstream);
-                return Poll::Ready(None);
+            if self.at < buf.len() {
+                continue;
             }
             // Everything read so far is taken in: read more, into the same buffer.
             buf.clear();
