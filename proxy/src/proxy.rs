@@ -22,13 +22,13 @@ use tracing::debug;
 use crate::accounting::Outcome;
 use crate::admission;
 use crate::body::{ClientFault, Judged, Pending, RequestBody, ResponseBody, Source};
-use crate::config::{Color, Protocol};
+use crate::config::{Color, Config, Protocol};
 use crate::headers;
 use crate::lean::relay;
 use crate::listener::{ClientConn, TunnelSlot};
 use crate::metrics::ErrorKind;
-use crate::route::Choice;
-use crate::runtime::Current;
+use crate::route::{Choice, RouteTable};
+use crate::runtime::{Current, Runtime};
 use crate::upstream::endpoints::Served;
 use crate::upstream::{Fault, Lease};
 
@@ -148,17 +148,13 @@ async fn forward(
                 Err(missed) => missed,
             };
             let kind = missed.kind;
-            missed_upstream(&current, choice, missed.served, kind, started, &kind);
-            if missed.unsent && color == config.canary() && config.retry_canary_connect_failure {
-                runtime.metrics.color(color).retries_to_other.inc();
-                choice.color = config.stable;
+            let served = missed.served.as_ref();
+            missed_upstream(runtime, table, choice, served, kind, started, &kind);
+            if missed.unsent && to_stable(runtime, config, &mut choice) {
                 continue;
             }
             if missed.switched {
-                return local(
-                    StatusCode::BAD_GATEWAY,
-                    "the upstream switched protocols unasked\n",
-                );
+                return local(StatusCode::BAD_GATEWAY, SWITCHED_UNASKED);
             }
             return error_response(kind, color);
         }
@@ -174,10 +170,7 @@ async fn forward(
                             Outcome::NoResponse(ErrorKind::Reset),
                             latency,
                         );
-                        return local(
-                            StatusCode::BAD_GATEWAY,
-                            "the upstream switched protocols unasked\n",
-                        );
+                        return local(StatusCode::BAD_GATEWAY, SWITCHED_UNASKED);
                     };
                     runtime.account(
                         table,
@@ -200,24 +193,35 @@ async fn forward(
             // The client broke its own request body: nothing to hold against the upstream.
             Fault::Client(fault) => return client_fault(fault),
         };
+        let served = missed.served.as_ref();
         missed_upstream(
-            &current,
+            runtime,
+            table,
             choice,
-            missed.served,
+            served,
             kind,
             started,
             &failure.error,
         );
         match failure.request {
-            // Never reached the canary: stable can take it without any risk of doing it twice.
-            Some(unsent) if color == config.canary() && config.retry_canary_connect_failure => {
-                runtime.metrics.color(color).retries_to_other.inc();
-                choice.color = config.stable;
-                req = unsent;
-            }
+            Some(unsent) if to_stable(runtime, config, &mut choice) => req = unsent,
             _ => return error_response(kind, color),
         }
     }
+}
+
+/// The answer to a 101 the request did not ask for (on either HTTP/1.1 path).
+pub(crate) const SWITCHED_UNASKED: &str = "the upstream switched protocols unasked\n";
+
+/// Turns a request that never reached the canary to stable, which can take it without any
+/// risk of doing it twice; whether it was (`retry-canary-connect-failure`).
+pub(crate) fn to_stable(runtime: &Runtime, config: &Config, choice: &mut Choice) -> bool {
+    if choice.color != config.canary() || !config.retry_canary_connect_failure {
+        return false;
+    }
+    runtime.metrics.color(choice.color).retries_to_other.inc();
+    choice.color = config.stable;
+    true
 }
 
 /// The client's response to an upstream's `response`, `latency` after the request started;
@@ -258,25 +262,25 @@ fn answer(
 }
 
 /// Accounts a request of `choice` that got no response (`kind`) from `served`, if it reached
-/// an endpoint.
-fn missed_upstream(
-    current: &Current,
+/// an endpoint, and logs why (on either HTTP/1.1 path).
+pub(crate) fn missed_upstream(
+    runtime: &Runtime,
+    table: &Arc<RouteTable>,
     choice: Choice,
-    served: Option<Served>,
+    served: Option<&Served>,
     kind: ErrorKind,
     started: Instant,
     error: &dyn std::fmt::Debug,
 ) {
-    let Current { runtime, table } = current;
     runtime.account(
         table,
         choice,
-        served.as_ref(),
+        served,
         Outcome::NoResponse(kind),
         started.elapsed(),
     );
     let color = choice.color;
-    if let Some(served) = &served {
+    if let Some(served) = served {
         let endpoint = &served.endpoint().upstream.addr;
         debug!(color = %color, %endpoint, ?error, "upstream failed");
     } else {

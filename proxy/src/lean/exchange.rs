@@ -19,11 +19,11 @@ use super::chunked::Chunked;
 use super::request::{Span, write_number};
 use super::response::{self, Framing, HeadError, Response};
 use super::{ClientIo, Work, pool};
-use crate::accounting::Outcome;
 use crate::body::{ClientFault, End, Judged};
 use crate::config::Timeouts;
 use crate::listener::{ClientConn, Phase};
 use crate::metrics::ErrorKind;
+use crate::proxy;
 use crate::route::{Choice, RouteTable};
 use crate::upstream::endpoints::{CONNECT_ATTEMPTS, Endpoints, Served};
 
@@ -41,7 +41,8 @@ pub(super) struct Answer {
 }
 
 /// A request that got no usable response head.
-pub(super) struct Missed {
+pub struct Missed {
+    /// What went wrong, as metered.
     pub kind: ErrorKind,
     /// The endpoint of the last attempt; `None` when the color had none.
     pub served: Option<Served>,
@@ -142,30 +143,15 @@ pub(super) async fn run<T: ClientIo>(
         if let Some(fault) = missed.client {
             return client_fault(client, out, fault).await;
         }
-        runtime.account(
-            table,
-            choice,
-            missed.served.as_ref(),
-            Outcome::NoResponse(missed.kind),
-            started.elapsed(),
-        );
-        if let Some(served) = &missed.served {
-            let endpoint = &served.endpoint().upstream.addr;
-            debug!(color = %color, %endpoint, kind = ?missed.kind, "upstream failed");
-        }
-        if missed.unsent && color == config.canary() && config.retry_canary_connect_failure {
-            // Never reached the canary: stable can take it without any risk of doing it twice.
-            runtime.metrics.color(color).retries_to_other.inc();
-            choice.color = config.stable;
+        let (served, kind) = (missed.served.as_ref(), missed.kind);
+        proxy::missed_upstream(runtime, table, choice, served, kind, started, &kind);
+        if missed.unsent && proxy::to_stable(runtime, config, &mut choice) {
             continue;
         }
         let (status, text) = if missed.switched {
-            (
-                StatusCode::BAD_GATEWAY,
-                "the upstream switched protocols unasked\n".to_owned(),
-            )
+            (StatusCode::BAD_GATEWAY, proxy::SWITCHED_UNASKED.to_owned())
         } else {
-            crate::proxy::upstream_error(missed.kind, color)
+            proxy::upstream_error(kind, color)
         };
         let close = head.close || conn.drain.phase() != Phase::Serving;
         return write_local(client, out, status, &text, close).await;

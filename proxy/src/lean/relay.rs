@@ -21,13 +21,14 @@ use http_body::{Body as _, Frame};
 use tokio::net::TcpStream;
 
 use super::chunked::Chunked;
+pub use super::exchange::Missed;
 use super::exchange::{self, Answer, Replay, UPSTREAM_ROOM};
+use super::request::write_field;
 use super::response::Framing;
 use super::{Work, give_back, pool, take_work};
 use crate::body::RequestBody;
 use crate::config::{Protocol, Timeouts};
 use crate::headers;
-use crate::metrics::ErrorKind;
 use crate::upstream::endpoints::{Endpoints, Served};
 use crate::upstream::{self, Upstream};
 
@@ -39,18 +40,6 @@ pub fn takes(req: &Request<RequestBody>, protocol: Protocol) -> bool {
         && req.body().is_end_stream()
         && req.method() != Method::CONNECT
         && !req.headers().contains_key(EXPECT)
-}
-
-/// A request that got no usable response head.
-pub struct Missed {
-    /// What went wrong, as metered.
-    pub kind: ErrorKind,
-    /// The endpoint of the last attempt; `None` when the color had none.
-    pub served: Option<Served>,
-    /// Nothing reached any upstream: the request may go to another color.
-    pub unsent: bool,
-    /// The upstream answered 101 to a request that did not ask to switch.
-    pub switched: bool,
 }
 
 /// Sends `req` (with its forwarding headers, see [`takes`]) to an endpoint of `endpoints`;
@@ -96,12 +85,7 @@ pub async fn send(
         Ok(answer) => answer,
         Err(missed) => {
             give_back(work);
-            return Err(Missed {
-                kind: missed.kind,
-                served: missed.served,
-                unsent: missed.unsent,
-                switched: missed.switched,
-            });
+            return Err(missed);
         }
     };
     let mut head = Response::new(());
@@ -127,7 +111,6 @@ pub async fn send(
         chunked: Chunked::default(),
         trailers: Vec::new(),
         reusable: response.reusable,
-        ended: false,
         idle: timeouts.upstream_idle,
     };
     if matches!(response.framing, Framing::Empty | Framing::Length(0)) {
@@ -145,10 +128,7 @@ fn write_head(req: &Request<RequestBody>, out: &mut Vec<u8>) {
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -196,7 +176,8 @@ fn parse_trailers(section: &[u8]) -> Result<Option<HeaderMap>, RelayError> {
 /// A response body read from the upstream connection it came on; the connection goes back to
 /// the lean pool once the body has been read to its end, if it can carry another request.
 pub struct Relayed {
-    /// The buffers; the body's bytes read so far are in `upstream` from `at`.
+    /// The buffers; the body's bytes read so far are in `upstream` from `at`. `None` once the
+    /// body has ended or broken off.
     work: Option<Box<Work>>,
     at: usize,
     /// `None` once the body has ended.
@@ -208,15 +189,14 @@ pub struct Relayed {
     /// The trailer section of a chunked body, as it arrives.
     trailers: Vec<u8>,
     reusable: bool,
-    ended: bool,
     /// `timeout.upstream-idle`, for the pool.
     idle: Duration,
 }
 
 impl Relayed {
-    /// Whether the body has been read to its end.
+    /// Whether the body has been read to its end, or broken off.
     pub fn ended(&self) -> bool {
-        self.ended
+        self.work.is_none()
     }
 
     /// The next frame of the body (data, then the trailers of a chunked body that has any); at
@@ -227,10 +207,23 @@ impl Relayed {
         cx: &mut Context<'_>,
         upstream: Option<&Upstream>,
     ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
-        loop {
-            if self.ended {
-                return Poll::Ready(None);
+        let polled = self.poll_body(cx, upstream);
+        if let Poll::Ready(Some(Err(_))) = polled {
+            // Broken off: the connection is closed, the buffers go back, nothing more is read.
+            self.stream = None;
+            if let Some(work) = self.work.take() {
+                give_back(work);
             }
+        }
+        polled
+    }
+
+    fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        upstream: Option<&Upstream>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        loop {
             let Some(work) = &mut self.work else {
                 return Poll::Ready(None);
             };
@@ -297,14 +290,10 @@ impl Relayed {
                 .expect("a body not ended has its stream");
             match ready!(poll_read(stream, buf, cx)) {
                 Ok(0) if self.framing == Framing::Close => {
-                    self.reusable = false;
                     self.end(upstream);
                     return Poll::Ready(None);
                 }
-                Ok(0) | Err(_) => {
-                    self.stream = None;
-                    return Poll::Ready(Some(Err(RelayError::Closed)));
-                }
+                Ok(0) | Err(_) => return Poll::Ready(Some(Err(RelayError::Closed))),
                 Ok(_) => {}
             }
         }
@@ -313,7 +302,6 @@ impl Relayed {
     /// Ends the body: the connection back into `upstream`'s pool if the response said it can
     /// carry another request and nothing came after the body, the buffers back to the thread.
     fn end(&mut self, upstream: Option<&Upstream>) {
-        self.ended = true;
         let extra = self
             .work
             .as_ref()
