@@ -23,7 +23,6 @@ use tokio::net::TcpStream;
 use super::chunked::Chunked;
 pub use super::exchange::Missed;
 use super::exchange::{self, Answer, Replay, UPSTREAM_ROOM};
-use super::request::write_field;
 use super::response::Framing;
 use super::{Work, give_back, pool, take_work};
 use crate::body::RequestBody;
@@ -127,8 +126,13 @@ fn write_head(req: &Request<RequestBody>, out: &mut Vec<u8>) {
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // Not `request::write_field`: a `HeaderName` is lowercase already, and lowercasing it
+    // again byte by byte cost about 400 instructions per request.
     for (name, value) in req.headers() {
-        write_field(out, name.as_str().as_bytes(), value.as_bytes());
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
