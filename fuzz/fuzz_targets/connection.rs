@@ -111,7 +111,7 @@ fn run(data: &[u8], lean: bool) {
         );
         let serving = if lean {
             let idle = Duration::from_millis(100);
-            tokio::spawn(lean::serve(server, conn, builder.clone(), *limits, idle))
+            tokio::spawn(lean::serve(server, conn, builder.clone(), *limits, idle, None))
         } else {
             tokio::spawn(serve_connection(
                 TokioIo::new(server),

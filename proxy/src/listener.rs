@@ -306,6 +306,13 @@ pub async fn serve(
     let base = http_builder(limits);
     let shared = Arc::new(base.clone());
     let (controller, drain) = shutdown_pair(runtime.tunnels());
+    let park = (tls.is_none() && limits.http1 == Http1::Lean)
+        .then(|| lean::Park::start(runtime.clone(), shared.clone(), limits, drain.clone()))
+        .and_then(|started| {
+            started
+                .inspect_err(|e| warn!(error = %e, "idle connections will keep their tasks"))
+                .ok()
+        });
     let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
@@ -323,16 +330,21 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let idle = runtime
-            .routes()
-            .as_ref()
-            .map_or(DEFAULT_CLIENT_IDLE, |t| t.config.client.idle_timeout);
+        let idle = client_idle(&runtime);
         let (base, drain, runtime) = (base.clone(), drain.clone(), runtime.clone());
         let Some(tls) = tls.clone() else {
             let conn = ClientConn::new(runtime, peer, Scheme::Http, drain);
             match limits.http1 {
                 Http1::Lean => {
-                    tokio::spawn(lean::serve(stream, conn, shared.clone(), limits, idle));
+                    let park = park.clone();
+                    tokio::spawn(lean::serve(
+                        stream,
+                        conn,
+                        shared.clone(),
+                        limits,
+                        idle,
+                        park,
+                    ));
                 }
                 Http1::Hyper => {
                     tokio::spawn(serve_hyper(stream, conn, base, limits, idle));
@@ -352,8 +364,16 @@ pub async fn serve(
             }
         });
     }
-    drop((listener, drain));
+    drop((listener, drain, park));
     controller.drain(drain_timeout).await;
+}
+
+/// How long an idle kept-alive client connection stays open under the current configuration.
+pub fn client_idle(runtime: &Runtime) -> Duration {
+    runtime
+        .routes()
+        .as_ref()
+        .map_or(DEFAULT_CLIENT_IDLE, |t| t.config.client.idle_timeout)
 }
 
 /// Serves one client connection with hyper (`base` with `limits`; an idle kept-alive

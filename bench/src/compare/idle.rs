@@ -11,8 +11,11 @@ use super::procfs;
 use crate::load::Target;
 use crate::load::lean::Lean;
 
-/// How long the proxy gets to settle after the last connection's request.
-const SETTLE: Duration = Duration::from_millis(500);
+/// How long the proxy gets to settle after the last connection's request: longer than
+/// canary-proxy waits before it parks an idle connection, so that every connection measured
+/// is idle the way a kept-alive client connection spends most of its life.
+const SETTLE: Duration =
+    canary_proxy::lean::park::PARK_AFTER.saturating_add(Duration::from_millis(500));
 
 /// Opens `connections` connections to `target`, one request each, holds them open, and
 /// returns the growth of the resident memory of `pids` divided by the connections, in bytes;

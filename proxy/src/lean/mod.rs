@@ -20,6 +20,7 @@
 
 mod chunked;
 mod exchange;
+pub mod park;
 mod pool;
 pub mod relay;
 mod request;
@@ -39,10 +40,12 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tracing::debug;
 
 use crate::body::ClientFault;
 use crate::listener::{ClientConn, Drain, Limits, Phase, serve_hyper};
 pub use chunked::{ChunkError, Chunked};
+pub use park::{Park, ParkError};
 use request::{Head, Parsed};
 pub use rewind::Rewind;
 
@@ -78,11 +81,29 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
     /// Ready once the client has sent something (or closed), without a buffer held
     /// meanwhile; the waker is kept by the transport, not by a future of the caller's.
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Whether an idle connection over this transport can be parked ([`park`]).
+    const PARKS: bool = false;
+
+    /// The bare socket, out of the runtime's reactor, for the park; only called when
+    /// [`ClientIo::PARKS`].
+    fn into_socket(self) -> io::Result<std::net::TcpStream>
+    where
+        Self: Sized,
+    {
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl ClientIo for TcpStream {
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
+    }
+
+    const PARKS: bool = true;
+
+    fn into_socket(self) -> io::Result<std::net::TcpStream> {
+        self.into_std()
     }
 }
 
@@ -135,7 +156,8 @@ fn give_back(mut work: Box<Work>) {
 }
 
 /// Serves one plain client connection on the lean path until it closes, hands it to hyper
-/// (`base` with `limits`, idle connections kept for `idle`), or shutdown closes it.
+/// (`base` with `limits`, idle connections kept for `idle`), goes into `park` for a long
+/// wait between requests, or shutdown closes it.
 #[allow(clippy::manual_async_fn, reason = "see the block's comment")]
 pub fn serve<T: ClientIo>(
     mut io: T,
@@ -143,6 +165,7 @@ pub fn serve<T: ClientIo>(
     base: Arc<auto::Builder<TokioExecutor>>,
     limits: Limits,
     idle: Duration,
+    park: Option<Arc<Park>>,
 ) -> impl Future<Output = ()> + Send {
     // A block rather than an `async fn`: its arguments stay where they were captured, where
     // an `async fn` would hold a second copy of each for the whole connection.
@@ -161,8 +184,19 @@ pub fn serve<T: ClientIo>(
                 if let Some(done) = work.take() {
                     give_back(done);
                 }
-                if !next_request(&io, &conn.drain, wait).await {
-                    break;
+                // Only between requests: a connection that has sent nothing yet keeps the
+                // header timeout, as on the hyper path.
+                let parks = T::PARKS && park.is_some() && wait == idle;
+                let since = Instant::now();
+                match next_request(&io, &conn.drain, wait, parks).await {
+                    Next::Request => {}
+                    Next::Close => break,
+                    Next::Park => {
+                        if let Some(park) = &park {
+                            to_park(io, park, conn.peer, since + wait);
+                        }
+                        return;
+                    }
                 }
             }
             let w = work.get_or_insert_with(take_work);
@@ -241,26 +275,58 @@ pub fn serve<T: ClientIo>(
     }
 }
 
-/// Waits, holding no buffer, until the client sends its next request (true), or for `wait`
-/// or until shutdown begins (false). Polled by hand rather than through `select!` and the
-/// socket's `readable()` future: the wait is what an idle connection's task holds, so its
-/// size is the memory each idle client costs.
-async fn next_request<T: ClientIo>(io: &T, drain: &Drain, wait: Duration) -> bool {
+/// How a wait for the next request ended.
+enum Next {
+    /// The client sent something (or closed: the read finds out).
+    Request,
+    /// The wait ran out, shutdown began, or the socket failed.
+    Close,
+    /// The connection has been idle for [`park::PARK_AFTER`], and its wait goes on in the park.
+    Park,
+}
+
+/// Waits, holding no buffer, until the client sends its next request, for `wait`, until
+/// shutdown begins, or (if it `parks` and `wait` is longer) for [`park::PARK_AFTER`]. Polled by
+/// hand rather than through `select!` and the socket's `readable()` future: the wait is what
+/// an idle connection's task holds, so its size is the memory each idle client costs until
+/// it is parked.
+async fn next_request<T: ClientIo>(io: &T, drain: &Drain, wait: Duration, parks: bool) -> Next {
     let mut shutdown = std::pin::pin!(drain.moved());
     if drain.phase() != Phase::Serving {
-        return false;
+        return Next::Close;
     }
-    let mut timeout = std::pin::pin!(tokio::time::sleep(wait));
+    let parks = parks && park::PARK_AFTER < wait;
+    let first = if parks { park::PARK_AFTER } else { wait };
+    let mut timeout = std::pin::pin!(tokio::time::sleep(first));
     std::future::poll_fn(|cx| {
         if let Poll::Ready(ready) = io.poll_readable(cx) {
-            return Poll::Ready(ready.is_ok());
+            return Poll::Ready(if ready.is_ok() {
+                Next::Request
+            } else {
+                Next::Close
+            });
         }
-        if shutdown.as_mut().poll(cx).is_ready() || timeout.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(false);
+        if shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Next::Close);
+        }
+        if timeout.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(if parks { Next::Park } else { Next::Close });
         }
         Poll::Pending
     })
     .await
+}
+
+/// Moves an idle connection's socket into `park` until `deadline`; if it cannot go there, it is
+/// closed, as an idle kept-alive connection may be.
+fn to_park<T: ClientIo>(io: T, park: &Park, peer: std::net::SocketAddr, deadline: Instant) {
+    let parked = io
+        .into_socket()
+        .map_err(ParkError::Watch)
+        .and_then(|socket| park.put(socket, peer, deadline));
+    if let Err(e) = parked {
+        debug!(%peer, error = %e, "closed an idle connection that could not be parked");
+    }
 }
 
 /// Hands the connection to hyper with what has been read of it.
@@ -299,7 +365,7 @@ mod tests {
             .unwrap();
         let limits = Limits::default();
         let base = Arc::new(http_builder(limits));
-        let task = serve(stream, conn, base, limits, Duration::from_secs(1));
+        let task = serve(stream, conn, base, limits, Duration::from_secs(1), None);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 640, "a connection's task holds {size} bytes");
     }
